@@ -1,0 +1,77 @@
+"""Atomic checkpoints: written under a temporary name in the same folder, then renamed into place.
+
+A checkpoint holds the trainable weights (safetensors), the optimiser state, RNG state and the trainer's
+small state (step, KL controller, reward scaler) as JSON. The frozen reference is not saved: it is
+rebuilt from the initial model on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+
+
+def _trainable_state(models) -> dict[str, torch.Tensor]:
+    """Every tensor that training changes: trainable parameters (and a LoRA adapter's), never the frozen copy."""
+    names = {n for n, p in models.named_parameters() if p.requires_grad}
+    return {n: t.detach().contiguous().cpu() for n, t in models.state_dict().items() if n in names}
+
+
+def save_checkpoint(out_dir: Path, step: int, models, optimizer, trainer_state: dict, keep: int = 2) -> Path:
+    root = Path(out_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:06d}-", dir=root))
+    state = _trainable_state(models)
+    # tied weights share storage; safetensors wants distinct tensors, so clone duplicates
+    seen = set()
+    for k, v in state.items():
+        if v.data_ptr() in seen:
+            state[k] = v.clone()
+        seen.add(state[k].data_ptr())
+    save_file(state, tmp / "trainable.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(p for p in root.iterdir() if p.name.startswith("step_"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    root = Path(out_dir) / CHECKPOINTS
+    if not root.exists():
+        return None
+    done = sorted(p for p in root.iterdir() if p.name.startswith("step_") and (p / "trainer_state.json").exists())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, models, optimizer) -> dict:
+    state = load_file(Path(path) / "trainable.safetensors")
+    missing = [n for n, p in models.named_parameters() if p.requires_grad and n not in state]
+    if missing:
+        raise ValueError(f"checkpoint {path}: lacks {len(missing)} trainable tensors (e.g. {missing[0]}); "
+                         "was it written with another model or reference mode?")
+    models.load_state_dict(state, strict=False)
+    extra = torch.load(Path(path) / "optim.pt", weights_only=True)
+    optimizer.load_state_dict(extra["optimizer"])
+    torch.set_rng_state(extra["torch_rng"])
+    return json.loads((Path(path) / "trainer_state.json").read_text())
+
+
+def write_json_atomic(path: Path, data) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)

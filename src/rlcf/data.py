@@ -1,0 +1,111 @@
+"""Prompt data: load from the demo task, a local file or a hub dataset; validate; tokenize.
+
+Every row is checked up front, so a bad row stops the run before any compute is spent, with an error
+naming the file, the row and the field.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+_LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    pass
+
+
+def load_rows(source: str, split: str = "train") -> list[dict]:
+    """Rows of a local JSONL / JSON / CSV / Parquet file, or of a hub dataset (needs the network)."""
+    import datasets
+
+    ext = os.path.splitext(source)[1].lower()
+    if ext in _LOCAL_FORMATS:
+        if not os.path.exists(source):
+            raise DataError(f"{source}: no such file")
+        try:
+            ds = datasets.load_dataset(_LOCAL_FORMATS[ext], data_files=source, split="train")
+        except Exception as e:  # datasets wraps parse errors in many types
+            raise DataError(f"{source}: cannot be read as {ext[1:]} ({type(e).__name__}: {e})") from e
+    elif os.path.exists(source):
+        raise DataError(f"{source}: unsupported file type '{ext}'; use .jsonl, .json, .csv or .parquet")
+    else:
+        ds = datasets.load_dataset(source, split=split)
+    return list(ds)
+
+
+@dataclass
+class Prompt:
+    text: str  # what the reward sees
+    chat: list[dict] | None  # chat messages, when the prompt is (or is wrapped as) a conversation
+
+
+def load_prompts(source: str, column: str = "prompt") -> list[Prompt]:
+    if source == "demo":
+        from .demo.task import load_prompts as demo_prompts
+
+        return [Prompt(text=p, chat=None) for p in demo_prompts()]
+    rows = load_rows(source)
+    if not rows:
+        raise DataError(f"{source}: the dataset is empty; it needs at least one row with a '{column}' field")
+    if column not in rows[0]:
+        raise DataError(
+            f"{source}: no '{column}' column (found: {', '.join(rows[0])}); "
+            f"set --prompt-column to the column holding the prompts"
+        )
+    prompts = []
+    for i, row in enumerate(rows):
+        value = row.get(column)
+        where = f"{source}, row {i + 1}, field '{column}'"
+        if isinstance(value, list):
+            prompts.append(Prompt(text=_messages_text(value, where), chat=value))
+        elif isinstance(value, str):
+            if not value.strip():
+                raise DataError(f"{where}: empty prompt; remove the row or fill it in")
+            prompts.append(Prompt(text=value, chat=None))
+        else:
+            raise DataError(f"{where}: expected a string or a list of chat messages, got {type(value).__name__}")
+    return prompts
+
+
+def _messages_text(messages: list, where: str) -> str:
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: message {j} must be {{'role': str, 'content': str}}")
+    if not messages:
+        raise DataError(f"{where}: empty list of messages")
+    return "\n".join(m["content"] for m in messages if m["role"] != "system")
+
+
+def tokenize_prompts(prompts: list[Prompt], tokenizer, max_tokens: int, chat_template: str = "auto", source: str = "prompts"):
+    """Token ids per prompt (chat template applied as configured); a prompt over max_tokens is an error."""
+    use_chat = chat_template == "on" or (chat_template == "auto" and bool(tokenizer.chat_template))
+    if chat_template == "on" and not tokenizer.chat_template:
+        raise DataError("chat_template=on, but the tokenizer has no chat template; use chat_template=off")
+    out = []
+    for i, p in enumerate(prompts):
+        if p.chat is not None or use_chat:
+            messages = p.chat if p.chat is not None else [{"role": "user", "content": p.text}]
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        else:
+            ids = tokenizer(p.text, add_special_tokens=True)["input_ids"]
+        if len(ids) > max_tokens:
+            raise DataError(
+                f"{source}, row {i + 1}: prompt is {len(ids)} tokens, over the limit of {max_tokens}; "
+                "shorten it or raise --rollout.max-prompt-tokens"
+            )
+        out.append(list(ids))
+    return out
+
+
+def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+        mask[i, width - len(x) :] = 1
+    return ids, mask

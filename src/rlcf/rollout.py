@@ -1,0 +1,151 @@
+"""The rollout engine: K responses per prompt -> response masks -> scores -> old / reference log-probs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .config import RolloutConfig
+from .models import PolicyModels
+from .rewards import RewardSource, RewardScaler
+from .types import Rollout
+
+
+def response_mask_from_ids(response_ids: Tensor, eos_ids: set[int]) -> tuple[Tensor, Tensor]:
+    """Mask [B, T] of real response tokens (up to and including the first EOS) and truncated [B] flags.
+
+    Works from the position of the first EOS, never from pad ids, so pad == eos cannot hide a real EOS.
+    A response with no EOS (cut at max_new_tokens) keeps all its tokens and is flagged truncated.
+    """
+    is_eos = torch.zeros_like(response_ids, dtype=torch.bool)
+    for e in eos_ids:
+        is_eos |= response_ids == e
+    T = response_ids.shape[1]
+    positions = torch.arange(T, device=response_ids.device).expand_as(response_ids)
+    first_eos = torch.where(is_eos, positions, torch.full_like(positions, T)).min(dim=1).values
+    mask = (positions <= first_eos[:, None]).float()
+    return mask, first_eos == T
+
+
+def last_token_index(mask: Tensor) -> Tensor:
+    """Index [B] of the last real token of each row of a right-padded mask."""
+    return (mask.sum(dim=1).long() - 1).clamp(min=0)
+
+
+def eos_token_ids(tokenizer, model) -> set[int]:
+    ids = set()
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    for e in gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]:
+        if e is not None:
+            ids.add(int(e))
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+@dataclass
+class Timings:
+    generate: float = 0.0
+    score: float = 0.0
+    logprobs: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def _pad_right(t: Tensor, length: int, value) -> Tensor:
+    if t.shape[1] >= length:
+        return t
+    return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
+
+
+class RolloutEngine:
+    def __init__(self, models: PolicyModels, reward: RewardSource, scaler: RewardScaler, cfg: RolloutConfig, with_values: bool):
+        self.models = models
+        self.reward = reward
+        self.scaler = scaler
+        self.cfg = cfg
+        self.with_values = with_values
+        self.tokenizer = models.tokenizer
+        self.eos_ids = eos_token_ids(self.tokenizer, models._base_policy())
+
+    @torch.no_grad()
+    def generate(self, query_ids: Tensor, query_mask: Tensor, unwrapped_policy) -> Tensor:
+        cfg = self.cfg
+        chunks = []
+        for start in range(0, query_ids.shape[0], cfg.generation_chunk):
+            q, m = query_ids[start : start + cfg.generation_chunk], query_mask[start : start + cfg.generation_chunk]
+            out = unwrapped_policy.generate(
+                input_ids=q,
+                attention_mask=m,
+                do_sample=True,
+                temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+                max_new_tokens=cfg.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            chunks.append(out[:, q.shape[1] :])
+        T = max(c.shape[1] for c in chunks)
+        return torch.cat([_pad_right(c, T, self.tokenizer.pad_token_id) for c in chunks], dim=0)
+
+    @torch.no_grad()
+    def run(self, prompts: list[str], query_ids: Tensor, query_mask: Tensor, unwrapped_policy, timings: Timings) -> Rollout:
+        """prompts/query_* hold one row per prompt; each is repeated K times on consecutive rows."""
+        k = self.cfg.group_size
+        prompts_k = [p for p in prompts for _ in range(k)]
+        query_ids = query_ids.repeat_interleave(k, dim=0)
+        query_mask = query_mask.repeat_interleave(k, dim=0)
+
+        # 1. sample
+        t0 = time.perf_counter()
+        was_training = self.models.training
+        self.models.eval()
+        response_ids = self.generate(query_ids, query_mask, unwrapped_policy)
+        response_mask, truncated = response_mask_from_ids(response_ids, self.eos_ids)
+        timings.generate += time.perf_counter() - t0
+
+        # 2. score the decoded text (the reward may use its own tokenizer)
+        t0 = time.perf_counter()
+        responses = self.tokenizer.batch_decode(
+            [ids[: int(n)] for ids, n in zip(response_ids, response_mask.sum(1))], skip_special_tokens=True
+        )
+        raw = self.reward(prompts_k, responses)
+        scores = raw.clone()
+        if self.cfg.missing_eos_penalty is not None:
+            scores = scores - self.cfg.missing_eos_penalty * truncated.float()
+        scores = self.scaler(scores)
+        timings.score += time.perf_counter() - t0
+
+        # 3. old and reference log-probs (and values), in bounded chunks
+        t0 = time.perf_counter()
+        logprobs, ref_logprobs, values = [], [], []
+        n = self.cfg.forward_chunk
+        for s in range(0, response_ids.shape[0], n):
+            lp, ref, v = self.models.old_and_ref_logprobs(
+                query_ids[s : s + n], query_mask[s : s + n], response_ids[s : s + n], response_mask[s : s + n],
+                self.cfg.temperature, self.with_values,
+            )
+            logprobs.append(lp)
+            ref_logprobs.append(ref)
+            values.append(v)
+        timings.logprobs += time.perf_counter() - t0
+        if was_training:
+            self.models.train()
+        mask = response_mask
+        return Rollout(
+            query_ids=query_ids,
+            query_mask=query_mask,
+            response_ids=response_ids,
+            response_mask=mask,
+            logprobs=torch.cat(logprobs) * mask,
+            ref_logprobs=torch.cat(ref_logprobs) * mask,
+            scores=scores,
+            raw_scores=raw,
+            group_size=k,
+            values=torch.cat(values) * mask if self.with_values else None,
+            prompts=prompts_k,
+            responses=responses,
+            truncated=truncated,
+        )

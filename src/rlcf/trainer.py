@@ -1,0 +1,211 @@
+"""The one RL loop for every online algorithm, on accelerate.
+
+Per step: 1. rollout -> 2. rewards (score, KL) -> 3. advantages -> 4. epochs x minibatches
+-> 5. log, checkpoint. Algorithms differ only through their registry entry (losses/registry.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from .advantages import masked_mean
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, to_dict
+from .data import left_pad, load_prompts, tokenize_prompts
+from .kl import kl_estimate, make_kl_controller
+from .losses import get_algorithm
+from .models import build_models
+from .rewards import RewardScaler, RewardSource, check_scores, load_callable
+from .rollout import RolloutEngine, Timings
+from .types import AdvantageInput, LossBatch
+
+
+class PromptSampler:
+    """Deterministic epochs over the prompts: step i's batch is a pure function of (seed, i), so resume is exact."""
+
+    def __init__(self, n: int, per_step: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.per_step, self.seed, self.rank, self.world = n, per_step, seed, rank, world
+
+    def batch(self, step: int) -> list[int]:
+        global_per_step = self.per_step * self.world
+        start = step * global_per_step + self.rank * self.per_step
+        out = []
+        for pos in range(start, start + self.per_step):
+            epoch, i = divmod(pos, self.n)
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            out.append(int(torch.randperm(self.n, generator=g)[i]))
+        return out
+
+
+def _mean_metrics(history: list[dict]) -> dict:
+    keys = {k for m in history for k in m}
+    return {k: float(torch.stack([m[k].float() for m in history if k in m]).mean()) for k in keys}
+
+
+def save_model(models, out: Path) -> None:
+    policy = models.merged_policy()
+    policy.save_pretrained(out)  # safetensors
+    models.tokenizer.save_pretrained(out)
+
+
+def train(cfg: TrainConfig) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    algo = get_algorithm(cfg.algo)
+    acfg = cfg.algo_config()
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum)
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    # data and reward are checked before any model is loaded, so bad input fails fast
+    prompts = load_prompts(cfg.prompts, cfg.prompt_column)
+    reward = RewardSource(cfg.reward.function, cfg.reward.model, cfg.reward.batch_size, accelerator.device,
+                          cfg.model.trust_remote_code)
+    gold = load_callable(cfg.reward.gold, "gold scorer") if cfg.reward.gold else None
+    models = build_models(cfg.model, cfg.model.critic if algo.needs_critic else None)
+    tokenizer = models.tokenizer
+    prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template, cfg.prompts)
+    scaler = RewardScaler(cfg.reward.clip, cfg.reward.scaling)
+    kl_ctl = make_kl_controller(acfg.beta, getattr(acfg, "kl_target", None) if algo.adaptive_kl else None,
+                                getattr(acfg, "kl_horizon", 10000))
+
+    critic_params = [p for n, p in models.named_parameters() if p.requires_grad and (n.startswith("critic.") or n.startswith("value_head."))]
+    critic_ids = {id(p) for p in critic_params}
+    policy_params = [p for p in models.trainable_parameters() if id(p) not in critic_ids]
+    groups = [{"params": policy_params, "lr": cfg.optim.lr}]
+    if critic_params:
+        groups.append({"params": critic_params, "lr": cfg.optim.critic_lr or cfg.optim.lr})
+    optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+
+    start_step = 0
+    ckpt = latest_checkpoint(out) if cfg.resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, models, optimizer)
+        start_step = state["step"]
+        kl_ctl.load_state_dict(state["kl_controller"])
+        scaler.load_state_dict(state["reward_scaler"])
+        accelerator.print(f"resumed from {ckpt} (step {start_step})")
+    models, optimizer = accelerator.prepare(models, optimizer)
+    inner = accelerator.unwrap_model(models)
+    engine = RolloutEngine(inner, reward, scaler, cfg.rollout, with_values=algo.needs_critic)
+    sampler = PromptSampler(len(prompts), cfg.rollout.prompts_per_step, cfg.seed, accelerator.process_index,
+                            accelerator.num_processes)
+    metrics_path = out / "metrics.jsonl"
+    if accelerator.is_main_process:
+        _truncate_metrics(metrics_path, start_step)
+    shuffle = torch.Generator().manual_seed(cfg.seed + 1 + start_step)
+
+    bar = None
+    if cfg.progress and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start_step, desc=f"rlcf {cfg.algo}", dynamic_ncols=True)
+    k = cfg.rollout.group_size
+    for step in range(start_step, cfg.steps):
+        t_step = time.perf_counter()
+        timings = Timings()
+        # 1. rollout: K samples per prompt, scores, old/ref log-probs (and values)
+        idx = sampler.batch(step)
+        ids, mask = left_pad([prompt_ids[i] for i in idx], tokenizer.pad_token_id)
+        ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
+        rollout = engine.run([prompts[i].text for i in idx], ids, mask, inner.policy, timings)
+        resp_mask = rollout.response_mask
+
+        # 2. rewards: the KL of the sampling policy to the reference, with the estimator in the key
+        beta = kl_ctl.value
+        seq_kl = {e: (kl_estimate(rollout.logprobs, rollout.ref_logprobs, e) * resp_mask).sum(1) for e in ("k1", "k3")}
+
+        # 3. advantages (algorithm-specific, once per rollout batch)
+        adv_out = algo.advantages(
+            AdvantageInput(scores=rollout.scores, logprobs=rollout.logprobs, ref_logprobs=rollout.ref_logprobs,
+                           mask=resp_mask, group_size=k, kl_coef=beta, values=rollout.values),
+            acfg,
+        )
+        rollout.advantages = adv_out.get("advantages")
+        rollout.returns = adv_out.get("returns")
+
+        # 4. epochs x minibatches of whole prompt groups
+        t0 = time.perf_counter()
+        models.train()
+        history = []
+        for _ in range(cfg.optim.epochs):
+            perm = torch.randperm(rollout.n_groups, generator=shuffle)
+            for s in range(0, rollout.n_groups, cfg.optim.minibatch_prompts):
+                mb = rollout.select_groups(perm[s : s + cfg.optim.minibatch_prompts])
+                with accelerator.accumulate(models):
+                    logprobs, values = models(mb.query_ids, mb.query_mask, mb.response_ids, mb.response_mask,
+                                              cfg.rollout.temperature, algo.needs_critic)
+                    batch = LossBatch(
+                        logprobs=logprobs * mb.response_mask, old_logprobs=mb.logprobs, ref_logprobs=mb.ref_logprobs,
+                        mask=mb.response_mask, group_size=k, kl_coef=beta, scores=mb.scores,
+                        advantages=mb.advantages, returns=mb.returns, values=values, old_values=mb.values,
+                    )
+                    loss, m = algo.loss(batch, acfg)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
+                        m["policy/grad_norm"] = accelerator.clip_grad_norm_(models.parameters(), cfg.optim.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                history.append({key: v.detach() for key, v in m.items()})
+        t_update = time.perf_counter() - t0
+        kl_ctl.update(float(seq_kl["k1"].mean()), rollout.response_ids.shape[0])
+
+        # 5. log, checkpoint
+        step_s = time.perf_counter() - t_step
+        record = {"step": step + 1}
+        record.update({k_ if not k_.startswith("kl/") else "kl/update_" + k_[3:]: v for k_, v in _mean_metrics(history).items()})
+        record.update({k_: float(v) for k_, v in adv_out.items() if "/" in k_})
+        record.update({
+            "reward/mean": float(rollout.raw_scores.mean()),
+            "reward/std": float(rollout.raw_scores.std()) if rollout.raw_scores.numel() > 1 else 0.0,
+            "reward/scaled_mean": float(rollout.scores.mean()),
+            f"kl/{algo.kl_estimator}_seq": float(seq_kl.get(algo.kl_estimator, seq_kl["k1"]).mean()),
+            "kl/k1_seq": float(seq_kl["k1"].mean()),
+            "kl/k3_seq": float(seq_kl["k3"].mean()),
+            "kl/coef": beta,
+            "response/length_mean": float(resp_mask.sum(1).mean()),
+            "response/truncated_frac": float(rollout.truncated.float().mean()),
+            "perf/step_s": step_s,
+            "perf/samples_per_s": rollout.response_ids.shape[0] / step_s,
+            "perf/generate_s": timings.generate,
+            "perf/score_s": timings.score,
+            "perf/logprobs_s": timings.logprobs,
+            "perf/update_s": t_update,
+        })
+        if gold is not None:
+            record["gold/mean"] = float(check_scores(gold(rollout.prompts, rollout.responses), rollout.prompts,
+                                                     rollout.responses, cfg.reward.gold).mean())
+        if accelerator.is_main_process:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record['kl/k1_seq']:.3f}")
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                save_checkpoint(out, step + 1, inner, optimizer,
+                                {"kl_controller": kl_ctl.state_dict(), "reward_scaler": scaler.state_dict()})
+        accelerator.wait_for_everyone()
+    if bar is not None:
+        bar.close()
+    final = out / "final"
+    if accelerator.is_main_process:
+        save_model(inner, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop records of steps after the checkpoint (they will be redone)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
