@@ -7,6 +7,9 @@ Per step: 1. rollout -> 2. rewards (score, KL) -> 3. advantages -> 4. epochs x m
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,9 +51,14 @@ def _mean_metrics(history: list[dict]) -> dict:
 
 
 def save_model(models, out: Path) -> None:
-    policy = models.merged_policy()
-    policy.save_pretrained(out)  # safetensors
-    models.tokenizer.save_pretrained(out)
+    """The policy as a plain transformers folder (safetensors), written elsewhere and renamed into place."""
+    out = Path(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    models.merged_policy().save_pretrained(tmp)
+    models.tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -102,7 +110,6 @@ def train(cfg: TrainConfig) -> Path:
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
         _truncate_metrics(metrics_path, start_step)
-    shuffle = torch.Generator().manual_seed(cfg.seed + 1 + start_step)
 
     bar = None
     if cfg.progress and accelerator.is_main_process:
@@ -137,6 +144,7 @@ def train(cfg: TrainConfig) -> Path:
         t0 = time.perf_counter()
         models.train()
         history = []
+        shuffle = torch.Generator().manual_seed(cfg.seed * 7919 + step)  # per step, so a resumed run matches
         for _ in range(cfg.optim.epochs):
             perm = torch.randperm(rollout.n_groups, generator=shuffle)
             for s in range(0, rollout.n_groups, cfg.optim.minibatch_prompts):
@@ -190,7 +198,7 @@ def train(cfg: TrainConfig) -> Path:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record['kl/k1_seq']:.3f}")
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
                 save_checkpoint(out, step + 1, inner, optimizer,
                                 {"kl_controller": kl_ctl.state_dict(), "reward_scaler": scaler.state_dict()})
         accelerator.wait_for_everyone()

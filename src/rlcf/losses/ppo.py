@@ -1,0 +1,69 @@
+"""PPO in its RLHF form (Schulman et al. 2017; Ziegler et al. 2019; Ouyang et al. 2022, InstructGPT)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rlcf.advantages import gae, kl_shaped_token_rewards, masked_mean, masked_var, whiten
+from rlcf.kl import kl_estimate
+from rlcf.types import AdvantageInput, LossBatch
+
+
+def ppo_advantages(inp: AdvantageInput, cfg: Any) -> dict[str, Tensor]:
+    """Token rewards r_t = -beta (log pi_old - log pi_ref) + score on the last real token; GAE with the
+    critic's V_old; returns R = A + V_old (critic targets, not whitened); then A whitened over the batch."""
+    if inp.values is None:
+        raise ValueError("ppo_advantages: inp.values is None; PPO needs V_old from a critic")
+    mask = inp.mask
+    rewards = kl_shaped_token_rewards(inp.scores, inp.logprobs, inp.ref_logprobs, mask, inp.kl_coef)
+    advantages, returns = gae(rewards, inp.values, mask, cfg.gamma, cfg.lam)
+    seq_kl = (kl_estimate(inp.logprobs, inp.ref_logprobs, "k1") * mask).sum(-1)
+    return {
+        "advantages": whiten(advantages, mask) * mask,
+        "returns": returns,
+        "kl/k1_seq": seq_kl.mean(),
+    }
+
+
+def ppo_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped surrogate plus clipped value loss, both averaged over the N valid tokens of the minibatch.
+
+      rho_t = exp(log pi_theta - log pi_old)
+      L_pg  = (1/N) sum_t m_t max(-A_t rho_t, -A_t clip(rho_t, 1-eps, 1+eps))
+      V_clip = clip(V_theta, V_old - eps_v, V_old + eps_v)
+      L_vf  = 0.5 (1/N) sum_t m_t max((V_theta - R_t)^2, (V_clip - R_t)^2)
+      L = L_pg + vf_coef L_vf
+    The KL penalty already sits in the reward (see ppo_advantages); batch.kl_coef is not used here.
+    """
+    for name in ("advantages", "returns", "values", "old_values"):
+        if getattr(batch, name) is None:
+            raise ValueError(f"ppo_loss: batch.{name} is None; PPO needs advantages, returns and critic values")
+    mask, A, R = batch.mask, batch.advantages, batch.returns
+    log_ratio = batch.logprobs - batch.old_logprobs
+    rho = log_ratio.exp()
+    pg_un, pg_cl = -A * rho, -A * rho.clamp(1 - cfg.eps, 1 + cfg.eps)
+    pg_loss = masked_mean(torch.maximum(pg_un, pg_cl), mask)
+
+    V, V_old = batch.values, batch.old_values
+    V_clip = torch.clamp(V, V_old - cfg.eps_v, V_old + cfg.eps_v)
+    vf_un, vf_cl = (V - R).square(), (V_clip - R).square()
+    vf_loss = 0.5 * masked_mean(torch.maximum(vf_un, vf_cl), mask)
+    loss = pg_loss + cfg.vf_coef * vf_loss
+
+    with torch.no_grad():
+        seq_kl = ((batch.logprobs - batch.ref_logprobs) * mask).sum(-1)
+        metrics = {
+            "loss/policy": pg_loss.detach(),
+            "loss/value": vf_loss.detach(),
+            "loss/total": loss.detach(),
+            "policy/clipfrac": masked_mean((pg_cl > pg_un).to(rho.dtype), mask),
+            "policy/approx_kl": masked_mean(log_ratio.expm1() - log_ratio, mask),
+            "value/clipfrac": masked_mean((vf_cl > vf_un).to(rho.dtype), mask),
+            # 1 - Var(R - V) / Var(R): 1 is a perfect critic, <= 0 no better than a constant.
+            "value/explained_var": 1 - masked_var(R - V, mask) / masked_var(R, mask),
+            "kl/k1_seq": seq_kl.mean(),
+        }
+    return loss, metrics

@@ -1,0 +1,48 @@
+"""One entry per online algorithm, all with the same shape, so the trainer never branches on a name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import Tensor
+
+from rlcf.losses.p3o import p3o_advantages, p3o_loss
+from rlcf.losses.ppo import ppo_advantages, ppo_loss
+from rlcf.losses.rloo import grpo_advantages, grpo_loss, rloo_advantages, rloo_loss
+from rlcf.types import AdvantageInput, LossBatch
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    loss: Callable[[LossBatch, Any], tuple[Tensor, dict[str, Tensor]]]
+    """(batch, cfg) -> (scalar loss, metrics of detached 0-d tensors); beta is batch.kl_coef."""
+    advantages: Callable[[AdvantageInput, Any], dict[str, Tensor]]
+    """(inp, cfg) -> {"advantages", "returns" (optional), "kl/<est>_seq"...}; once per rollout batch.
+    Always holds "kl/k1_seq" (pi_old vs pi_ref, batch mean of the sequence KL): the adaptive controller's input."""
+    needs_critic: bool
+    kl_estimator: str
+    """Estimator of the KL the reward or loss uses; its metric is "kl/<estimator>_seq"."""
+    kl_in_reward: bool
+    """True: beta shapes the reward before the advantages; False: the loss applies beta itself."""
+    adaptive_kl: bool
+    """True: beta follows the adaptive controller (cfg.kl_target); False: fixed beta."""
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        Algorithm("p3o", p3o_loss, p3o_advantages, False, "k1", False, False),
+        Algorithm("ppo", ppo_loss, ppo_advantages, True, "k1", True, True),
+        Algorithm("rloo", rloo_loss, rloo_advantages, False, "k1", True, False),
+        Algorithm("grpo", grpo_loss, grpo_advantages, False, "k3", False, False),
+    )
+}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(sorted(ALGORITHMS))}") from None
