@@ -182,7 +182,7 @@ class TrainConfig:
     output_dir: str = "runs/train"
     """Where config, metrics.jsonl, checkpoints and the final model go."""
     save_every: int = 10
-    """Checkpoint every N steps (0: only the final model)."""
+    """Checkpoint every N steps (0: only after the last step)."""
     resume: bool = True
     """Resume from the newest checkpoint in output_dir if there is one."""
     progress: bool = True
