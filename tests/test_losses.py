@@ -404,16 +404,18 @@ def test_grpo_loss_matches_slow_reference_with_grads():
 
 
 def test_registry_contents():
-    assert set(ALGORITHMS) == {"p3o", "ppo", "rloo", "grpo"}
+    assert set(ALGORITHMS) == {"p3o", "ppo", "rloo", "grpo", "apa", "awr"}
     flags = {n: (a.needs_critic, a.kl_estimator, a.kl_in_reward, a.adaptive_kl) for n, a in ALGORITHMS.items()}
     assert flags == {
         "p3o": (False, "k1", False, False),
         "ppo": (True, "k1", True, True),
         "rloo": (False, "k1", True, False),
         "grpo": (False, "k3", False, False),
+        "apa": (True, "k1", False, False),
+        "awr": (True, "k1", False, False),
     }
     assert get_algorithm("p3o").loss is p3o_loss
-    with pytest.raises(ValueError, match="grpo, p3o, ppo, rloo"):
+    with pytest.raises(ValueError, match="apa, awr, grpo, p3o, ppo, rloo"):
         get_algorithm("dpo-ish")
 
 

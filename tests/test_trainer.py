@@ -47,6 +47,8 @@ LEARNERS = [
     ("ppo", {"model.critic": "separate"}, 0.25),
     ("ppo", {"model.critic": "value_head"}, 0.25),
     ("rloo", {"rollout.group_size": 4, "rollout.prompts_per_step": 8}, 0.25),
+    ("apa", {"model.critic": "separate"}, 0.25),
+    ("awr", {"model.critic": "value_head"}, 0.25),
     ("grpo", {"rollout.group_size": 4, "rollout.prompts_per_step": 8, "optim.lr": 5e-3}, 0.15),
 ]
 
@@ -139,5 +141,5 @@ def test_reward_returning_wrong_count_or_nan_is_named(tiny_model_dir, tmp_path):
 
 
 def test_unknown_algorithm_is_named(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown algorithm 'dqn'; known: grpo, p3o, ppo, rloo"):
+    with pytest.raises(ValueError, match=r"unknown algorithm 'dqn'; known: apa, awr, grpo, p3o, ppo, rloo"):
         train(tiny_config(tiny_model_dir, tmp_path, "dqn", steps=1))

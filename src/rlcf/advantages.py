@@ -75,6 +75,24 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return advantages, (advantages + values) * mask
 
 
+def whitened_gae(
+    scores: Tensor, logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, values: Tensor,
+    beta: float, gamma: float, lam: float,
+) -> tuple[Tensor, Tensor]:
+    """The critic pipeline PPO, AWR and APA share: token rewards (kl_shaped_token_rewards; beta = 0 puts only
+    the score on the last real token), GAE with V_old, then A whitened over the batch.
+
+    Returns (whitened A, zero on pads; returns R = A + V_old before whitening, the critic targets)."""
+    rewards = kl_shaped_token_rewards(scores, logprobs, ref_logprobs, mask, beta)
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    return whiten(advantages, mask) * mask, returns
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """1 - Var(R - V) / Var(R) over masked tokens: 1 is a perfect critic, <= 0 no better than a constant."""
+    return 1 - masked_var(returns - values, mask) / masked_var(returns, mask)
+
+
 def _groups(x: Tensor, k: int, who: str) -> Tensor:
     if k < 2:
         raise ValueError(f"{who}: group_size must be >= 2 (responses per prompt), got {k}")

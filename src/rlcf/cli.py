@@ -11,7 +11,7 @@ import yaml
 from .config import TrainConfig, from_dict
 
 COMMANDS = {
-    "train": (TrainConfig, "online RL against a reward: P3O, PPO, RLOO, GRPO"),
+    "train": (TrainConfig, "online RL against a reward: P3O, APA, PPO, AWR, RLOO, GRPO"),
 }
 
 

@@ -72,6 +72,42 @@ class GRPOConfig:
 
 
 @dataclass
+class APAConfig:
+    """APA (Zhu et al. 2023): squared loss pulling log pi_theta to log pi_init + A/lam; critic, whitened GAE."""
+
+    beta: float = 0.05
+    """Coefficient of the per-token k1 penalty beta (log pi_old - log pi_ref) in the reward; used only with anchor='old'."""
+    lam: float = 0.1
+    """Temperature of the target pi* ~ pi_init exp(A/lam) (1/lam = 10 online; 1/lam = 1 offline)."""
+    gamma: float = 1.0
+    """Discount over response tokens."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    vf_coef: float = 1.0
+    """Weight of the (unclipped) value loss."""
+    anchor: Literal["init", "old"] = "init"
+    """init: anchor to pi_init = the reference, no KL in the reward (the paper); old: anchor to pi_old plus beta's KL in the reward (authors' later code)."""
+
+
+@dataclass
+class AWRConfig:
+    """AWR as the APA paper applies it to LMs: NLL weighted by exp(A/lam); critic, whitened GAE, no KL in the reward."""
+
+    beta: float = 0.0
+    """Unused: APA/AWR control KL through lam (present because the trainer builds a KL controller from it)."""
+    inv_lam: float = 0.5
+    """1/lam in the weight w = exp(A/lam) (0.5 online on HH; 1 on TL;DR and offline)."""
+    gamma: float = 1.0
+    """Discount over response tokens."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    vf_coef: float = 1.0
+    """Weight of the (unclipped) value loss."""
+    max_weight: Optional[float] = None
+    """Clip the weights at this value; None does not clip (the authors' code); original AWR uses 20."""
+
+
+@dataclass
 class ModelConfig:
     """Policy, reference and critic."""
 
@@ -167,7 +203,7 @@ class OptimConfig:
 class TrainConfig:
     """`rlcf train`: online RL against a reward."""
 
-    algo: Literal["p3o", "ppo", "rloo", "grpo"] = "p3o"
+    algo: Literal["p3o", "ppo", "rloo", "grpo", "apa", "awr"] = "p3o"
     """Algorithm."""
     prompts: str = "demo"
     """Prompts: 'demo' (built-in), a local JSONL/JSON/CSV/Parquet file, or a hub dataset name."""
@@ -195,6 +231,8 @@ class TrainConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     rloo: RLOOConfig = field(default_factory=RLOOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    apa: APAConfig = field(default_factory=APAConfig)
+    awr: AWRConfig = field(default_factory=AWRConfig)
 
     def algo_config(self):
         return getattr(self, self.algo)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlcf.advantages import gae, kl_shaped_token_rewards, masked_mean, masked_var, whiten
+from rlcf.advantages import explained_variance, masked_mean, whitened_gae
 from rlcf.kl import kl_estimate
 from rlcf.types import AdvantageInput, LossBatch
 
@@ -18,11 +18,12 @@ def ppo_advantages(inp: AdvantageInput, cfg: Any) -> dict[str, Tensor]:
     if inp.values is None:
         raise ValueError("ppo_advantages: inp.values is None; PPO needs V_old from a critic")
     mask = inp.mask
-    rewards = kl_shaped_token_rewards(inp.scores, inp.logprobs, inp.ref_logprobs, mask, inp.kl_coef)
-    advantages, returns = gae(rewards, inp.values, mask, cfg.gamma, cfg.lam)
+    advantages, returns = whitened_gae(
+        inp.scores, inp.logprobs, inp.ref_logprobs, mask, inp.values, inp.kl_coef, cfg.gamma, cfg.lam
+    )
     seq_kl = (kl_estimate(inp.logprobs, inp.ref_logprobs, "k1") * mask).sum(-1)
     return {
-        "advantages": whiten(advantages, mask) * mask,
+        "advantages": advantages,
         "returns": returns,
         "kl/k1_seq": seq_kl.mean(),
     }
@@ -62,8 +63,7 @@ def ppo_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
             "policy/clipfrac": masked_mean((pg_cl > pg_un).to(rho.dtype), mask),
             "policy/approx_kl": masked_mean(log_ratio.expm1() - log_ratio, mask),
             "value/clipfrac": masked_mean((vf_cl > vf_un).to(rho.dtype), mask),
-            # 1 - Var(R - V) / Var(R): 1 is a perfect critic, <= 0 no better than a constant.
-            "value/explained_var": 1 - masked_var(R - V, mask) / masked_var(R, mask),
+            "value/explained_var": explained_variance(V, R, mask),
             "kl/k1_seq": seq_kl.mean(),
         }
     return loss, metrics

@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 from torch import Tensor
 
+from rlcf.losses.apa import apa_advantages, apa_loss
+from rlcf.losses.awr import awr_advantages, awr_loss
 from rlcf.losses.p3o import p3o_advantages, p3o_loss
 from rlcf.losses.ppo import ppo_advantages, ppo_loss
 from rlcf.losses.rloo import grpo_advantages, grpo_loss, rloo_advantages, rloo_loss
@@ -37,6 +39,12 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("ppo", ppo_loss, ppo_advantages, True, "k1", True, True),
         Algorithm("rloo", rloo_loss, rloo_advantages, False, "k1", True, False),
         Algorithm("grpo", grpo_loss, grpo_advantages, False, "k3", False, False),
+        # APA and AWR: no KL anywhere by default; lam alone controls the distance to pi_init. The flags are
+        # per algorithm, not per config: APA's non-default anchor='old' puts beta's k1 penalty in the reward
+        # inside apa_advantages itself (from inp.kl_coef = the fixed cfg.beta), so kl_in_reward=False
+        # describes the paper's default. AWR's beta is 0 and unused.
+        Algorithm("apa", apa_loss, apa_advantages, True, "k1", False, False),
+        Algorithm("awr", awr_loss, awr_advantages, True, "k1", False, False),
     )
 }
 
