@@ -25,7 +25,7 @@ def test_train_help_lists_every_option_with_default():
     for flag in ("--algo", "--p3o.beta", "--p3o.variant", "--ppo.kl-target", "--rollout.group-size",
                  "--model.reference", "--reward.scaling", "--optim.lr"):
         assert flag in res.stdout, flag
-    assert "default: 0.05" in res.stdout.replace("(", " ").replace(")", " ") or "0.05" in res.stdout
+    assert "Algorithm. (default: p3o)" in res.stdout  # defaults are shown
     assert "KL coefficient in the sequence reward" in res.stdout  # the field's doc line
 
 
