@@ -30,14 +30,8 @@ def save_checkpoint(out_dir: Path, step: int, models, optimizer, trainer_state: 
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:06d}-", dir=root))
-    state = _trainable_state(models)
-    # tied weights share storage; safetensors wants distinct tensors, so clone duplicates
-    seen = set()
-    for k, v in state.items():
-        if v.data_ptr() in seen:
-            state[k] = v.clone()
-        seen.add(state[k].data_ptr())
-    save_file(state, tmp / "trainable.safetensors")
+    # named_parameters() lists a tied weight once, so safetensors never sees shared storage
+    save_file(_trainable_state(models), tmp / "trainable.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
     if final.exists():

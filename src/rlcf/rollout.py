@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -51,7 +51,6 @@ class Timings:
     generate: float = 0.0
     score: float = 0.0
     logprobs: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def _pad_right(t: Tensor, length: int, value) -> Tensor:
