@@ -7,6 +7,7 @@ rebuilt from the initial model on resume.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,27 @@ from safetensors.torch import load_file, save_file
 CHECKPOINTS = "checkpoints"
 
 
+@contextlib.contextmanager
+def atomic_dir(final: Path, replace: bool = True):
+    """Yield a temporary folder beside `final`; once the block succeeds it is renamed to `final`, and on an
+    error it is removed, so readers only ever see a complete folder. replace=False keeps an existing
+    `final` (another process finished the same work first)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        if not replace:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
 def _trainable_state(models) -> dict[str, torch.Tensor]:
     """Every tensor that training changes: trainable parameters (and a LoRA adapter's), never the frozen copy."""
     names = {n for n, p in models.named_parameters() if p.requires_grad}
@@ -27,16 +49,12 @@ def _trainable_state(models) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(out_dir: Path, step: int, models, optimizer, trainer_state: dict, keep: int = 2) -> Path:
     root = Path(out_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:06d}-", dir=root))
-    # named_parameters() lists a tied weight once, so safetensors never sees shared storage
-    save_file(_trainable_state(models), tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        # named_parameters() lists a tied weight once, so safetensors never sees shared storage
+        save_file(_trainable_state(models), tmp / "trainable.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
     for old in sorted(p for p in root.iterdir() if p.name.startswith("step_"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -62,10 +80,3 @@ def load_checkpoint(path: Path, models, optimizer) -> dict:
     torch.set_rng_state(extra["torch_rng"])
     return json.loads((Path(path) / "trainer_state.json").read_text())
 
-
-def write_json_atomic(path: Path, data) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)

@@ -7,17 +7,13 @@ Per step: 1. rollout -> 2. rewards (score, KL) -> 3. advantages -> 4. epochs x m
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from .advantages import masked_mean
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_dict
 from .data import left_pad, load_prompts, tokenize_prompts
 from .kl import kl_estimate, make_kl_controller
@@ -52,13 +48,9 @@ def _mean_metrics(history: list[dict]) -> dict:
 
 def save_model(models, out: Path) -> None:
     """The policy as a plain transformers folder (safetensors), written elsewhere and renamed into place."""
-    out = Path(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    models.merged_policy().save_pretrained(tmp)
-    models.tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        models.merged_policy().save_pretrained(tmp)
+        models.tokenizer.save_pretrained(tmp)
 
 
 def train(cfg: TrainConfig) -> Path:
