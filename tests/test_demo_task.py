@@ -123,7 +123,9 @@ def test_lexicons_disjoint_and_sizable():
 
 
 def test_prompts_load():
-    prompts = load_prompts()
+    prompts = load_prompts("all")
+    train, test = load_prompts("train"), load_prompts("test")
+    assert not set(train) & set(test) and len(train) + len(test) == len(prompts) and len(test) == len(prompts) // 5
     assert isinstance(prompts, list)
     assert len(prompts) >= 300
     assert len(set(prompts)) == len(prompts)

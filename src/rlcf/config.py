@@ -205,6 +205,10 @@ class TrainConfig:
 
     algo: Literal["p3o", "ppo", "rloo", "grpo", "apa", "awr"] = "p3o"
     """Algorithm."""
+    offline_data: Optional[str] = None
+    """APA/AWR offline (APA paper, app. D.3): learn from fixed (prompt, response, reward) rows of this file or hub dataset instead of sampling."""
+    offline_columns: str = ""
+    """Offline data column mapping 'prompt=question,response=answer,reward=score' for other column names."""
     prompts: str = "demo"
     """Prompts: 'demo' (built-in), a local JSONL/JSON/CSV/Parquet file, or a hub dataset name."""
     prompt_column: str = "prompt"
@@ -236,6 +240,210 @@ class TrainConfig:
 
     def algo_config(self):
         return getattr(self, self.algo)
+
+
+def _stage_optim() -> OptimConfig:
+    return OptimConfig(lr=1e-5, epochs=1, minibatch_prompts=8)
+
+
+@dataclass
+class SFTConfig:
+    """`rlcf sft`: supervised fine-tuning on prompt/completion or chat `messages` rows; loss on completion tokens only."""
+
+    data: str = ""
+    """Training data: a local JSONL/JSON/CSV/Parquet file or a hub dataset name."""
+    split: str = "train"
+    """Split of a hub dataset."""
+    columns: str = ""
+    """Column mapping 'prompt=question,completion=answer' (or 'messages=conversation') for other names."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """Wrap prompts in the tokenizer's chat template: auto = when the tokenizer has one. messages rows always are."""
+    max_length: int = 512
+    """Prompt + completion tokens; a longer row is an error naming it."""
+    eval_fraction: float = 0.05
+    """Rows held out to report eval/nll (0 turns it off)."""
+    seed: int = 0
+    """Seed for shuffling, the held-out split and initialisation."""
+    output_dir: str = "runs/sft"
+    """Where config, metrics.jsonl, checkpoints and the final model go."""
+    save_every: int = 50
+    """Checkpoint every N optimiser steps (0: only at the end)."""
+    resume: bool = True
+    """Resume from the newest checkpoint in output_dir if there is one."""
+    progress: bool = True
+    """Show a progress bar."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=_stage_optim)
+
+
+@dataclass
+class DPOStageConfig:
+    """`rlcf dpo`: DPO on (prompt, chosen, rejected) pairs against the frozen initial policy."""
+
+    beta: float = 0.1
+    """DPO's beta: scale of the implicit reward beta * (log pi_theta - log pi_ref)."""
+    data: str = ""
+    """Preference pairs: a local JSONL/JSON/CSV/Parquet file or a hub dataset name."""
+    split: str = "train"
+    """Split of a hub dataset."""
+    columns: str = ""
+    """Column mapping 'prompt=question,chosen=good,rejected=bad' for other names."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """Wrap prompts in the tokenizer's chat template: auto = when the tokenizer has one."""
+    max_length: int = 512
+    """Prompt + response tokens; a longer row is an error naming it."""
+    eval_fraction: float = 0.05
+    """Pairs held out to report eval/accuracy and eval/margin (0 turns it off)."""
+    seed: int = 0
+    """Seed for shuffling, the held-out split and initialisation."""
+    output_dir: str = "runs/dpo"
+    """Where config, metrics.jsonl, checkpoints and the final model go."""
+    save_every: int = 50
+    """Checkpoint every N optimiser steps (0: only at the end)."""
+    resume: bool = True
+    """Resume from the newest checkpoint in output_dir if there is one."""
+    progress: bool = True
+    """Show a progress bar."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-6, epochs=1, minibatch_prompts=8))
+
+
+@dataclass
+class RMConfig:
+    """`rlcf rm`: a scalar reward model trained with the Bradley-Terry loss on (prompt, chosen, rejected) pairs."""
+
+    model: str = "embedded"
+    """Backbone: hub id or local folder of any HF model with a sequence-classification head (decoder or encoder)."""
+    num_layers: Optional[int] = None
+    """Keep only the first N transformer blocks of the backbone (a smaller, faster reward model); None keeps all."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights' dtype."""
+    trust_remote_code: bool = False
+    """Allow a hub model's own Python code to run. Off unless you trust the repository."""
+    data: str = ""
+    """Preference pairs: a local JSONL/JSON/CSV/Parquet file or a hub dataset name."""
+    split: str = "train"
+    """Split of a hub dataset."""
+    columns: str = ""
+    """Column mapping 'prompt=question,chosen=good,rejected=bad' for other names."""
+    margin_column: Optional[str] = None
+    """Optional column with a per-pair margin subtracted inside the loss (Llama 2)."""
+    max_length: int = 512
+    """Prompt + response tokens; a longer row is an error naming it."""
+    eval_fraction: float = 0.1
+    """Pairs held out to report eval/accuracy (pairwise accuracy)."""
+    seed: int = 0
+    """Seed for shuffling, the held-out split and the new head's initialisation."""
+    output_dir: str = "runs/rm"
+    """Where config, metrics.jsonl, checkpoints and the final model go; `rlcf train --reward.model OUTPUT/final`."""
+    save_every: int = 50
+    """Checkpoint every N optimiser steps (0: only at the end)."""
+    resume: bool = True
+    """Resume from the newest checkpoint in output_dir if there is one."""
+    progress: bool = True
+    """Show a progress bar."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, epochs=2, minibatch_prompts=8))
+
+
+@dataclass
+class LabelConfig:
+    """`rlcf label`: sample two responses per prompt from a policy and let a judge pick the better one."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Policy that samples the pairs (only name_or_path, dtype and trust_remote_code are used)."""
+    prompts: str = "demo"
+    """Prompts: 'demo', a local JSONL/JSON/CSV/Parquet file, or a hub dataset name."""
+    prompt_column: str = "prompt"
+    """Column holding the prompt."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """Wrap string prompts in the tokenizer's chat template: auto = when the tokenizer has one."""
+    max_prompts: Optional[int] = None
+    """Label only the first N prompts; None labels all."""
+    judge: Optional[str] = "rlcf.demo.task:reward"
+    """Judge: a scorer 'module:function' taking (prompts, responses) -> floats; the higher score is preferred."""
+    judge_model: Optional[str] = None
+    """Judge: an HF sequence-classification reward model (folder or hub id); used instead of judge when set."""
+    noise_temperature: float = 0.0
+    """Bradley-Terry noise: prefer y1 with probability sigmoid((s1 - s2) / T); 0 = always the higher score."""
+    drop_ties: bool = True
+    """Leave out pairs whose scores are equal (with noise_temperature 0); else a tie keeps the first sample."""
+    output: str = "runs/label/pairs.jsonl"
+    """Where the preference pairs go (JSONL: prompt, chosen, rejected, chosen_score, rejected_score)."""
+    seed: int = 0
+    """Seed for sampling and for the noisy judge."""
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(prompts_per_step=32, group_size=2))
+    """Sampling: max_new_tokens, temperature, top_k, top_p; prompts_per_step = prompts generated at once."""
+
+
+@dataclass
+class JudgeConfig:
+    """Who decides which of two responses is better (win-rate)."""
+
+    kind: Literal["gold", "reward", "llm", "none"] = "gold"
+    """gold: the gold scorer; reward: the reward model/function; llm: a chat-completions endpoint; none: no win-rate."""
+    llm_url: Optional[str] = None
+    """OpenAI-compatible base URL (e.g. https://api.openai.com/v1); default from $RLCF_JUDGE_URL."""
+    llm_model: str = "gpt-4o-mini"
+    """Model name sent to the endpoint."""
+    llm_api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the API key (the key itself never goes in a config or a log)."""
+    timeout_s: float = 60.0
+    """Timeout of one request."""
+    retries: int = 3
+    """Retries of a failed request (with backoff)."""
+
+
+@dataclass
+class EvalConfig:
+    """`rlcf eval`: sample from a policy on held-out prompts; reward, gold, KL to the reference, length, win-rate."""
+
+    model: str = "embedded"
+    """Policy to evaluate: a folder (e.g. a run's final/) or hub id."""
+    reference: str = "embedded"
+    """The initial policy: KL is measured to it and the win-rate is against its samples."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights' dtype."""
+    trust_remote_code: bool = False
+    """Allow a hub model's own Python code to run. Off unless you trust the repository."""
+    prompts: str = "demo"
+    """Prompts: 'demo' (its held-out split), a local file, or a hub dataset name."""
+    prompt_column: str = "prompt"
+    """Column holding the prompt."""
+    split: str = "test"
+    """Split of a hub dataset, or of the demo prompts (train/test)."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """Wrap string prompts in the tokenizer's chat template: auto = when the tokenizer has one."""
+    max_prompts: Optional[int] = 64
+    """Evaluate on the first N prompts; None uses all."""
+    samples_per_prompt: int = 1
+    """Responses sampled per prompt from each policy."""
+    reward_function: Optional[str] = None
+    """Reward scorer 'module:function' (reported as reward/mean)."""
+    reward_model: Optional[str] = None
+    """HF sequence-classification reward model (reported as reward/mean); used instead of reward_function."""
+    gold: Optional[str] = None
+    """Gold scorer 'module:function' (reported as gold/mean), never trained on."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(prompts_per_step=32, group_size=1))
+    """Sampling: max_new_tokens, temperature, top_k, top_p; prompts_per_step = prompts generated at once."""
+    seed: int = 0
+    """Seed for sampling."""
+    output: str = "runs/eval/eval.json"
+    """Where the JSON report goes (samples beside it as .samples.jsonl)."""
+
+
+@dataclass
+class PlotConfig:
+    """`rlcf plot`: reward and KL over steps, the KL-reward frontier across runs, and a report."""
+
+    runs: tuple[str, ...] = ()
+    """Run folders (each with metrics.jsonl, and eval.json if evaluated)."""
+    output_dir: str = "runs/report"
+    """Where the PNGs and the report go."""
+    format: Literal["md", "html"] = "md"
+    """Report format."""
+    title: str = "rlcf report"
+    """Report title."""
 
 
 def to_dict(cfg) -> dict:

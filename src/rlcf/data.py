@@ -37,18 +37,80 @@ def load_rows(source: str, split: str = "train") -> list[dict]:
     return list(ds)
 
 
+def parse_columns(spec: str, known: tuple[str, ...], option: str = "--columns") -> dict[str, str]:
+    """'prompt=question,chosen=good' -> {'prompt': 'question', 'chosen': 'good'}; names not in `known` are errors."""
+    mapping = {}
+    for part in filter(None, (p.strip() for p in (spec or "").split(","))):
+        name, sep, column = part.partition("=")
+        name, column = name.strip(), column.strip()
+        if not sep or not name or not column:
+            raise DataError(f"{option} {spec!r}: each entry must be name=column, e.g. 'prompt=question'")
+        if name not in known:
+            raise DataError(f"{option} {spec!r}: '{name}' is not a field here; fields: {', '.join(known)}")
+        mapping[name] = column
+    return mapping
+
+
+def load_records(source: str, text: tuple[str, ...] = (), numbers: tuple[str, ...] = (), messages: tuple[str, ...] = (),
+                 columns: str = "", split: str = "train", option: str = "--columns") -> list[dict]:
+    """Rows of `source` with the named fields (TRL's column names, or others through the `columns` mapping),
+    every row validated up front: a missing column, an empty or non-string text, a non-finite number or a
+    malformed message list is an error naming the file, the row (1-based) and the field."""
+    import math
+
+    fields = text + numbers + messages
+    mapping = parse_columns(columns, fields, option)
+    rows = load_rows(source, split)
+    if not rows:
+        raise DataError(f"{source}: the dataset is empty; it needs rows with fields {', '.join(fields)}")
+    col = {f: mapping.get(f, f) for f in fields}
+    missing = [f for f in fields if col[f] not in rows[0]]
+    if missing:
+        named = ", ".join(f"'{col[f]}'" + (f" (for {f})" if col[f] != f else "") for f in missing)
+        raise DataError(f"{source}: no column {named} (found: {', '.join(rows[0])}); "
+                        f"rename it or map it with {option} {missing[0]}=YOUR_COLUMN")
+    out = []
+    for i, row in enumerate(rows):
+        rec = {}
+        for f in fields:
+            value = row.get(col[f])
+            where = f"{source}, row {i + 1}, field '{col[f]}'"
+            if f in text:
+                if not isinstance(value, str):
+                    raise DataError(f"{where}: expected a string, got {type(value).__name__}; fix or remove the row")
+                if not value.strip():
+                    raise DataError(f"{where}: empty text; fill it in or remove the row")
+            elif f in numbers:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise DataError(f"{where}: expected a finite number, got {value!r}; fix or remove the row")
+                value = float(value)
+            else:
+                if not isinstance(value, list):
+                    raise DataError(f"{where}: expected a list of chat messages, got {type(value).__name__}")
+                _messages_text(value, where)
+            rec[f] = value
+        out.append(rec)
+    return out
+
+
+def check_length(n_tokens: int, limit: int, where: str, option: str = "--max-length") -> None:
+    if n_tokens > limit:
+        raise DataError(f"{where}: {n_tokens} tokens, over the limit of {limit}; shorten or drop the row, or raise {option}")
+
+
 @dataclass
 class Prompt:
     text: str  # what the reward sees
     chat: list[dict] | None  # chat messages, when the prompt is (or is wrapped as) a conversation
 
 
-def load_prompts(source: str, column: str = "prompt") -> list[Prompt]:
+def load_prompts(source: str, column: str = "prompt", split: str = "train") -> list[Prompt]:
+    """Prompts of 'demo' (its train or test split), a local file, or a hub dataset's split."""
     if source == "demo":
         from .demo.task import load_prompts as demo_prompts
 
-        return [Prompt(text=p, chat=None) for p in demo_prompts()]
-    rows = load_rows(source)
+        return [Prompt(text=p, chat=None) for p in demo_prompts(split)]
+    rows = load_rows(source, split)
     if not rows:
         raise DataError(f"{source}: the dataset is empty; it needs at least one row with a '{column}' field")
     if column not in rows[0]:

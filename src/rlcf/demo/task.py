@@ -181,7 +181,18 @@ def reward(prompts: list[str], responses: list[str]) -> list[float]:
     return [float(positivity(r) + brevity(r)) for r in responses]
 
 
-def load_prompts() -> list[str]:
-    """The demo prompts from ``rlcf/demo/prompts.txt``: one per line, stripped, blanks dropped."""
+TEST_EVERY = 5  # every 5th prompt is held out for evaluation (65 of 324)
+
+
+def load_prompts(split: str = "train") -> list[str]:
+    """The demo prompts from ``rlcf/demo/prompts.txt``: one per line, stripped, blanks dropped.
+
+    split: 'train' (training and labelling), 'test' (every 5th prompt, held out for evaluation) or 'all'.
+    """
     text = resources.files("rlcf.demo").joinpath("prompts.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if split == "all":
+        return prompts
+    if split not in ("train", "test"):
+        raise ValueError(f"demo prompts: split {split!r}; choose train, test or all")
+    return [p for i, p in enumerate(prompts) if (i % TEST_EVERY == TEST_EVERY - 1) == (split == "test")]
