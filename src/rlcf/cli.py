@@ -8,10 +8,23 @@ from pathlib import Path
 
 import yaml
 
-from .config import TrainConfig, from_dict
+from .config import (DPOStageConfig, EvalConfig, LabelConfig, PlotConfig, RMConfig, SFTConfig, TrainConfig,
+                     from_dict)
 
+# command -> (config dataclass, one line of help, runner "module:function" taking the config)
 COMMANDS = {
-    "train": (TrainConfig, "online RL against a reward: P3O, APA, PPO, AWR, RLOO, GRPO"),
+    "train": (TrainConfig, "online RL against a reward (P3O, APA, PPO, AWR, RLOO, GRPO), or APA/AWR on --offline-data",
+              "rlcf.trainer:train"),
+    "sft": (SFTConfig, "supervised fine-tuning on prompt/completion or messages data", "rlcf.sft:run_sft"),
+    "rm": (RMConfig, "reward model from (prompt, chosen, rejected) pairs, Bradley-Terry loss", "rlcf.rm:run_rm"),
+    "dpo": (DPOStageConfig, "DPO on (prompt, chosen, rejected) pairs against the frozen initial policy",
+            "rlcf.offline:run_dpo"),
+    "label": (LabelConfig, "sample response pairs from a policy and let a judge pick the better one",
+              "rlcf.label:run_label"),
+    "eval": (EvalConfig, "reward, gold score, KL to the reference, length and win-rate of a policy",
+             "rlcf.evaluate:run_eval"),
+    "plot": (PlotConfig, "plots of reward and KL over steps, the KL-reward frontier, and a report",
+             "rlcf.plot:run_plot"),
 }
 
 
@@ -49,7 +62,7 @@ def load_config(cls, path: str | None):
 def parse(command: str, argv: list[str]):
     import tyro
 
-    cls, doc = COMMANDS[command]
+    cls, doc, _ = COMMANDS[command]
     path, rest = _split_config_flag(argv)
     default = load_config(cls, path)
     return tyro.cli(cls, args=rest, default=default, prog=f"rlcf {command}", description=f"rlcf {command}: {doc}. "
@@ -58,7 +71,7 @@ def parse(command: str, argv: list[str]):
 
 def _usage() -> str:
     lines = ["usage: rlcf <command> [--config FILE.yaml] [--field value ...]", "", "commands:"]
-    lines += [f"  {name:<8} {doc}" for name, (_, doc) in COMMANDS.items()]
+    lines += [f"  {name:<8} {doc}" for name, (_, doc, _) in COMMANDS.items()]
     lines.append("\n`rlcf <command> --help` lists every option with its default.")
     return "\n".join(lines)
 
@@ -73,19 +86,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlcf: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
     cfg = parse(command, rest)
-    if command == "train":
-        from .data import DataError
-        from .trainer import train
+    import importlib
 
-        try:
-            final = train(cfg)
-        except (DataError, ValueError) as e:
-            print(f"rlcf train: {e}", file=sys.stderr)
-            return 2
-        print(f"\nDone. Outputs in {Path(cfg.output_dir).resolve()}:\n"
-              f"  metrics   {Path(cfg.output_dir) / 'metrics.jsonl'}\n"
-              f"  config    {Path(cfg.output_dir) / 'config.yaml'}\n"
-              f"  model     {final} (loads with transformers.AutoModelForCausalLM.from_pretrained)")
+    from .data import DataError
+
+    module, _, fn = COMMANDS[command][2].partition(":")
+    runner = getattr(importlib.import_module(module), fn)
+    try:
+        result = runner(cfg)
+    except (DataError, ValueError) as e:
+        print(f"rlcf {command}: {e}", file=sys.stderr)
+        return 2
+    if command in ("train", "sft", "rm", "dpo"):
+        out = Path(cfg.output_dir)
+        print(f"\nDone. Outputs in {out.resolve()}:\n"
+              f"  metrics   {out / 'metrics.jsonl'}\n"
+              f"  config    {out / 'config.yaml'}\n"
+              f"  model     {result} (loads with transformers.{'AutoModelForSequenceClassification' if command == 'rm' else 'AutoModelForCausalLM'}.from_pretrained)")
+    else:
+        print(f"\nDone: {result}")
     return 0
 
 
