@@ -59,6 +59,34 @@ def _pad_right(t: Tensor, length: int, value) -> Tensor:
     return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
 
 
+@torch.no_grad()
+def sample_responses(policy, tokenizer, query_ids: Tensor, query_mask: Tensor, cfg: RolloutConfig) -> Tensor:
+    """Sampled response ids [B, T] (right-padded with pad ids) for left-padded prompts, cfg.generation_chunk rows
+    at a time. Shared by the RL loop, `rlcf label` and `rlcf eval`, so all three sample the same way."""
+    chunks = []
+    for start in range(0, query_ids.shape[0], cfg.generation_chunk):
+        q, m = query_ids[start : start + cfg.generation_chunk], query_mask[start : start + cfg.generation_chunk]
+        out = policy.generate(
+            input_ids=q,
+            attention_mask=m,
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        chunks.append(out[:, q.shape[1] :])
+    T = max(c.shape[1] for c in chunks)
+    return torch.cat([_pad_right(c, T, tokenizer.pad_token_id) for c in chunks], dim=0)
+
+
+def decode_responses(tokenizer, response_ids: Tensor, response_mask: Tensor) -> list[str]:
+    """The text of each response's real tokens (special tokens such as EOS dropped)."""
+    return tokenizer.batch_decode([ids[: int(n)] for ids, n in zip(response_ids, response_mask.sum(1))],
+                                  skip_special_tokens=True)
+
+
 class RolloutEngine:
     def __init__(self, models: PolicyModels, reward: RewardSource, scaler: RewardScaler, cfg: RolloutConfig, with_values: bool):
         self.models = models
@@ -68,26 +96,6 @@ class RolloutEngine:
         self.with_values = with_values
         self.tokenizer = models.tokenizer
         self.eos_ids = eos_token_ids(self.tokenizer, models._base_policy())
-
-    @torch.no_grad()
-    def generate(self, query_ids: Tensor, query_mask: Tensor, unwrapped_policy) -> Tensor:
-        cfg = self.cfg
-        chunks = []
-        for start in range(0, query_ids.shape[0], cfg.generation_chunk):
-            q, m = query_ids[start : start + cfg.generation_chunk], query_mask[start : start + cfg.generation_chunk]
-            out = unwrapped_policy.generate(
-                input_ids=q,
-                attention_mask=m,
-                do_sample=True,
-                temperature=cfg.temperature,
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
-                max_new_tokens=cfg.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-            chunks.append(out[:, q.shape[1] :])
-        T = max(c.shape[1] for c in chunks)
-        return torch.cat([_pad_right(c, T, self.tokenizer.pad_token_id) for c in chunks], dim=0)
 
     @torch.no_grad()
     def run(self, prompts: list[str], query_ids: Tensor, query_mask: Tensor, unwrapped_policy, timings: Timings) -> Rollout:
@@ -101,23 +109,42 @@ class RolloutEngine:
         t0 = time.perf_counter()
         was_training = self.models.training
         self.models.eval()
-        response_ids = self.generate(query_ids, query_mask, unwrapped_policy)
+        response_ids = sample_responses(unwrapped_policy, self.tokenizer, query_ids, query_mask, self.cfg)
         response_mask, truncated = response_mask_from_ids(response_ids, self.eos_ids)
         timings.generate += time.perf_counter() - t0
 
         # 2. score the decoded text (the reward may use its own tokenizer)
         t0 = time.perf_counter()
-        responses = self.tokenizer.batch_decode(
-            [ids[: int(n)] for ids, n in zip(response_ids, response_mask.sum(1))], skip_special_tokens=True
-        )
+        responses = decode_responses(self.tokenizer, response_ids, response_mask)
         raw = self.reward(prompts_k, responses)
+        timings.score += time.perf_counter() - t0
+        rollout = self.complete(prompts_k, responses, query_ids, query_mask, response_ids, response_mask, truncated, raw,
+                                k, timings)
+        if was_training:
+            self.models.train()
+        return rollout
+
+    @torch.no_grad()
+    def from_data(self, prompts: list[str], responses: list[str], query_ids: Tensor, query_mask: Tensor,
+                  response_ids: Tensor, rewards: Tensor, timings: Timings) -> Rollout:
+        """A rollout made of fixed (prompt, response, reward) rows (offline APA/AWR): nothing is sampled, the
+        responses' log-probs under the current policy play pi_old's part. response_ids end with EOS."""
+        was_training = self.models.training
+        self.models.eval()
+        response_mask, truncated = response_mask_from_ids(response_ids, self.eos_ids)
+        rollout = self.complete(prompts, responses, query_ids, query_mask, response_ids, response_mask, truncated,
+                                rewards, 1, timings)
+        if was_training:
+            self.models.train()
+        return rollout
+
+    def complete(self, prompts, responses, query_ids, query_mask, response_ids, response_mask, truncated, raw, k,
+                 timings) -> Rollout:
+        """Preprocess the scores, then old and reference log-probs (and values) in bounded chunks."""
         scores = raw.clone()
         if self.cfg.missing_eos_penalty is not None:
             scores = scores - self.cfg.missing_eos_penalty * truncated.float()
         scores = self.scaler(scores)
-        timings.score += time.perf_counter() - t0
-
-        # 3. old and reference log-probs (and values), in bounded chunks
         t0 = time.perf_counter()
         logprobs, ref_logprobs, values = [], [], []
         n = self.cfg.forward_chunk
@@ -130,8 +157,6 @@ class RolloutEngine:
             ref_logprobs.append(ref)
             values.append(v)
         timings.logprobs += time.perf_counter() - t0
-        if was_training:
-            self.models.train()
         mask = response_mask
         return Rollout(
             query_ids=query_ids,
@@ -144,7 +169,7 @@ class RolloutEngine:
             raw_scores=raw,
             group_size=k,
             values=torch.cat(values) * mask if self.with_values else None,
-            prompts=prompts_k,
-            responses=responses,
+            prompts=list(prompts),
+            responses=list(responses),
             truncated=truncated,
         )

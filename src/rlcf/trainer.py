@@ -15,7 +15,7 @@ import yaml
 
 from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_dict
-from .data import left_pad, load_prompts, tokenize_prompts
+from .data import Prompt, check_length, left_pad, load_prompts, load_records, tokenize_prompts
 from .kl import kl_estimate, make_kl_controller
 from .losses import get_algorithm
 from .models import build_models
@@ -67,13 +67,21 @@ def train(cfg: TrainConfig) -> Path:
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     # data and reward are checked before any model is loaded, so bad input fails fast
-    prompts = load_prompts(cfg.prompts, cfg.prompt_column)
-    reward = RewardSource(cfg.reward.function, cfg.reward.model, cfg.reward.batch_size, accelerator.device,
-                          cfg.model.trust_remote_code)
+    offline_rows = load_offline_rows(cfg) if cfg.offline_data else None
+    if offline_rows is not None:
+        prompts, reward = [Prompt(text=r["prompt"], chat=None) for r in offline_rows], None
+    else:
+        prompts = load_prompts(cfg.prompts, cfg.prompt_column)
+        reward = RewardSource(cfg.reward.function, cfg.reward.model, cfg.reward.batch_size, accelerator.device,
+                              cfg.model.trust_remote_code)
     gold = load_callable(cfg.reward.gold, "gold scorer") if cfg.reward.gold else None
     models = build_models(cfg.model, cfg.model.critic if algo.needs_critic else None)
     tokenizer = models.tokenizer
-    prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template, cfg.prompts)
+    source = cfg.offline_data or cfg.prompts
+    prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template, source)
+    if offline_rows is not None:
+        response_ids = tokenize_responses([r["response"] for r in offline_rows], tokenizer, cfg.rollout.max_new_tokens,
+                                          source)
     scaler = RewardScaler(cfg.reward.clip, cfg.reward.scaling)
     kl_ctl = make_kl_controller(acfg.beta, getattr(acfg, "kl_target", None) if algo.adaptive_kl else None,
                                 getattr(acfg, "kl_horizon", 10000))
@@ -108,15 +116,21 @@ def train(cfg: TrainConfig) -> Path:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start_step, desc=f"rlcf {cfg.algo}", dynamic_ncols=True)
-    k = cfg.rollout.group_size
+    k = 1 if offline_rows is not None else cfg.rollout.group_size
     for step in range(start_step, cfg.steps):
         t_step = time.perf_counter()
         timings = Timings()
-        # 1. rollout: K samples per prompt, scores, old/ref log-probs (and values)
+        # 1. rollout: K samples per prompt, scores, old/ref log-probs (and values); offline: a batch of data rows
         idx = sampler.batch(step)
         ids, mask = left_pad([prompt_ids[i] for i in idx], tokenizer.pad_token_id)
         ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
-        rollout = engine.run([prompts[i].text for i in idx], ids, mask, inner.policy, timings)
+        if offline_rows is None:
+            rollout = engine.run([prompts[i].text for i in idx], ids, mask, inner.policy, timings)
+        else:
+            rollout = engine.from_data(
+                [prompts[i].text for i in idx], [offline_rows[i]["response"] for i in idx], ids, mask,
+                right_pad([response_ids[i] for i in idx], tokenizer.pad_token_id).to(accelerator.device),
+                torch.tensor([offline_rows[i]["reward"] for i in idx]), timings)
         resp_mask = rollout.response_mask
 
         # 2. rewards: the KL of the sampling policy to the reference, with the estimator in the key
@@ -201,6 +215,33 @@ def train(cfg: TrainConfig) -> Path:
         save_model(inner, final)
     accelerator.wait_for_everyone()
     return final
+
+
+OFFLINE_ALGOS = ("apa", "awr")
+
+
+def load_offline_rows(cfg: TrainConfig) -> list[dict]:
+    """(prompt, response, reward) rows for offline APA/AWR, validated up front."""
+    if cfg.algo not in OFFLINE_ALGOS:
+        raise ValueError(f"--offline-data works with --algo {' or '.join(OFFLINE_ALGOS)} (fixed rows, a critic and "
+                         f"advantages); {cfg.algo} learns from its own samples. For preference pairs use `rlcf dpo`.")
+    return load_records(cfg.offline_data, text=("prompt", "response"), numbers=("reward",),
+                        columns=cfg.offline_columns, option="--offline-columns")
+
+
+def tokenize_responses(responses: list[str], tokenizer, max_tokens: int, source: str) -> list[list[int]]:
+    """Token ids of each fixed response with EOS appended (the response ends there, as a sampled one would)."""
+    out = []
+    for i, text in enumerate(responses):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        check_length(len(ids), max_tokens, f"{source}, row {i + 1}, field 'response'", "--rollout.max-new-tokens")
+        out.append(ids)
+    return out
+
+
+def right_pad(batch: list[list[int]], pad_id: int) -> torch.Tensor:
+    width = max(len(x) for x in batch)
+    return torch.tensor([x + [pad_id] * (width - len(x)) for x in batch], dtype=torch.long)
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
