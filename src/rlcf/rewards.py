@@ -67,6 +67,18 @@ class RewardSource:
         return check_scores(self._fn(list(prompts), list(responses)), prompts, responses, self.name)
 
 
+def reward_texts(tokenizer, prompts, responses) -> list[str]:
+    """The text a reward model reads for each (prompt, response): the tokenizer's chat template with a user
+    and an assistant turn when it has one, else "prompt\nresponse". `rlcf rm` trains on exactly this text."""
+    if tokenizer.chat_template:
+        return [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                                          tokenize=False)
+            for p, r in zip(prompts, responses)
+        ]
+    return [f"{p}\n{r}" for p, r in zip(prompts, responses)]
+
+
 class HFRewardModel:
     """A sequence-classification model with its own tokenizer: text is re-tokenized for it.
 
@@ -80,6 +92,7 @@ class HFRewardModel:
 
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "right"
+        self.tokenizer.truncation_side = "left"  # a long dialogue loses its start, never the response being scored
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code).to(device)
@@ -92,14 +105,7 @@ class HFRewardModel:
         self.device = device
 
     def texts(self, prompts, responses):
-        if self.tokenizer.chat_template:
-            return [
-                self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
-                )
-                for p, r in zip(prompts, responses)
-            ]
-        return [f"{p}\n{r}" for p, r in zip(prompts, responses)]
+        return reward_texts(self.tokenizer, prompts, responses)
 
     @torch.no_grad()
     def __call__(self, prompts, responses):
