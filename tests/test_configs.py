@@ -130,7 +130,7 @@ def test_hh_presets_hold_the_seeds_values():
         cfg = load(f"hh/{algo}.yaml")
         assert cfg.algo == algo
         assert (cfg.prompts, cfg.prompt_column, cfg.chat_template) == ("Dahoas/rm-static", "prompt", "off")
-        assert (cfg.model.name_or_path, cfg.model.dtype) == ("Dahoas/pythia-1B-static-sft", "bfloat16")
+        assert (cfg.model.name_or_path, cfg.model.dtype, cfg.optim.mixed_precision) == ("Dahoas/pythia-1B-static-sft", "float32", "bf16")
         assert cfg.rollout.max_new_tokens == 128 and (cfg.rollout.top_k, cfg.rollout.top_p) == (0, 1.0)
         assert cfg.optim.betas == (0.9, 0.95) and cfg.optim.weight_decay == 1e-6
         assert cfg.reward.model and cfg.reward.function is None

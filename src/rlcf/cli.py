@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import (DPOStageConfig, EvalConfig, LabelConfig, PlotConfig, RMConfig, SFTConfig, TrainConfig,
-                     from_dict)
+from .config import (DPOStageConfig, EvalConfig, LabelConfig, PipelineConfig, PlotConfig, RMConfig, SFTConfig,
+                     TrainConfig, from_dict)
 
 # command -> (config dataclass, one line of help, runner "module:function" taking the config)
 COMMANDS = {
@@ -23,6 +23,8 @@ COMMANDS = {
               "rlcf.label:run_label"),
     "eval": (EvalConfig, "reward, gold score, KL to the reference, length and win-rate of a policy",
              "rlcf.evaluate:run_eval"),
+    "pipeline": (PipelineConfig, "the main job: label pairs with a judge -> reward model -> P3O -> eval -> report",
+                 "rlcf.pipeline:run_pipeline"),
     "plot": (PlotConfig, "plots of reward and KL over steps, the KL-reward frontier, and a report",
              "rlcf.plot:run_plot"),
 }
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
               f"  metrics   {out / 'metrics.jsonl'}\n"
               f"  config    {out / 'config.yaml'}\n"
               f"  model     {result} (loads with transformers.{'AutoModelForSequenceClassification' if command == 'rm' else 'AutoModelForCausalLM'}.from_pretrained)")
-    else:
+    elif command != "pipeline":
         print(f"\nDone: {result}")
     return 0
 

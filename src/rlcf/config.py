@@ -197,6 +197,9 @@ class OptimConfig:
     """Minibatches accumulated per optimiser step."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip; 0 turns it off."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast the training forward passes (accelerate); weights stay in model.dtype: keep float32 weights with
+    bf16 autocast when the learning rate is small (pure bf16 weights round most AdamW updates of lr 1e-6 away)."""
 
 
 @dataclass
@@ -446,26 +449,64 @@ class PlotConfig:
     """Report title."""
 
 
+def _pipeline_label() -> LabelConfig:
+    return LabelConfig(judge="rlcf.demo.gold:vader", max_prompts=192,
+                       rollout=RolloutConfig(prompts_per_step=64, group_size=2, max_new_tokens=40))
+
+
+def _pipeline_train() -> TrainConfig:
+    cfg = TrainConfig(algo="p3o", steps=10, save_every=5)
+    cfg.reward.function = None
+    cfg.reward.gold = "rlcf.demo.gold:vader"
+    cfg.rollout.prompts_per_step, cfg.rollout.max_new_tokens = 16, 40
+    cfg.optim.lr, cfg.optim.epochs = 3e-5, 2
+    return cfg
+
+
+@dataclass
+class PipelineConfig:
+    """`rlcf pipeline`: label pairs with a judge -> reward model -> RL against it -> eval with the gold judge -> report.
+
+    Each stage writes into its own folder under output_dir and is reused by a later run when its config (and
+    everything upstream of it) is unchanged. The pipeline wires the stages together: it sets label.output,
+    rm.data, rm.output_dir, train.reward.model, train.output_dir, eval.model, eval.reference and eval.output.
+    """
+
+    output_dir: str = "runs/pipeline"
+    """Where the stages' folders (label/, rm/, train/, report/) go."""
+    title: str = "rlcf pipeline: P3O against a reward model learned from VADER-judged comparisons"
+    """Title of the report."""
+    label: LabelConfig = field(default_factory=_pipeline_label)
+    rm: RMConfig = field(default_factory=lambda: RMConfig(num_layers=4, eval_fraction=0.15,
+                                                          optim=OptimConfig(lr=5e-5, epochs=3, minibatch_prompts=8)))
+    train: TrainConfig = field(default_factory=_pipeline_train)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(gold="rlcf.demo.gold:vader", max_prompts=64,
+                                                                rollout=RolloutConfig(prompts_per_step=64, group_size=1,
+                                                                                      max_new_tokens=40)))
+
+
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls, data: dict, where: str = "config"):
-    """Build a (nested) config dataclass from a plain dict; unknown keys are an error naming the path."""
+def from_dict(cls, data: dict, where: str = "config", base=None):
+    """Build a (nested) config dataclass from a plain dict, on top of `base` (default: cls()), so a nested
+    section keeps the defaults its parent chose for it; unknown keys are an error naming the path."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    base = cls() if base is None else base
+    known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in known:
             raise ValueError(
-                f"{where}: unknown field '{key}' for {cls.__name__}; known fields: {', '.join(known)}"
+                f"{where}: unknown field '{key}' for {cls.__name__}; known fields: {', '.join(sorted(known))}"
             )
-        default = getattr(cls(), key) if dataclasses.is_dataclass(getattr(cls(), key)) else None
-        if default is not None and dataclasses.is_dataclass(default):
-            kwargs[key] = from_dict(type(default), value, f"{where}.{key}")
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current):
+            kwargs[key] = from_dict(type(current), value, f"{where}.{key}", current)
         elif isinstance(value, list):
             kwargs[key] = tuple(value)
         else:
             kwargs[key] = value
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs)

@@ -60,7 +60,7 @@ def train(cfg: TrainConfig) -> Path:
     algo = get_algorithm(cfg.algo)
     acfg = cfg.algo_config()
     out = Path(cfg.output_dir)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=cfg.optim.mixed_precision)
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,146 @@
+"""`rlcf pipeline`: the whole comparative-feedback pipeline, each stage cached.
+
+  1. label  -- sample two responses per prompt from the initial policy; a judge picks the better one
+  2. rm     -- a reward model trained on those comparisons (Bradley-Terry)
+  3. train  -- RL (P3O by default) against the learned reward model, the gold judge logged beside it
+  4. eval   -- the trained policy against the initial one on held-out prompts: gold score, KL, win-rate
+  5. report -- plots and a Markdown report
+
+A stage is skipped when its folder holds a finished result made with the same config and the same upstream
+results (a fingerprint of both is stored beside the result), so a second run reuses everything and a
+changed setting reruns only what it affects.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from .config import PipelineConfig, PlotConfig, to_dict
+
+STAMP = ".rlcf-stage.json"
+
+
+def _fingerprint(cfg, upstream: str) -> str:
+    blob = json.dumps({"config": to_dict(cfg), "upstream": upstream}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _read_stamp(folder: Path) -> dict:
+    stamp = folder / STAMP
+    return json.loads(stamp.read_text()) if stamp.exists() else {}
+
+
+def _cached(folder: Path, fingerprint: str, result: Path) -> bool:
+    stamp = _read_stamp(folder)
+    return result.exists() and stamp.get("fingerprint") == fingerprint and stamp.get("done", False)
+
+
+def _stamp(folder: Path, fingerprint: str, done: bool, seconds: float = 0.0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / STAMP).write_text(json.dumps({"fingerprint": fingerprint, "done": done, "seconds": seconds}))
+
+
+def wire(cfg: PipelineConfig) -> PipelineConfig:
+    """The stage configs with the paths between stages filled in (the user's values for these are replaced)."""
+    cfg = copy.deepcopy(cfg)
+    out = Path(cfg.output_dir)
+    cfg.label.model = copy.deepcopy(cfg.train.model)
+    cfg.label.output = str(out / "label" / "pairs.jsonl")
+    cfg.rm.data = cfg.label.output
+    cfg.rm.output_dir = str(out / "rm")
+    cfg.train.reward.model = str(out / "rm" / "final")
+    cfg.train.output_dir = str(out / "train")
+    cfg.eval.model = str(out / "train" / "final")
+    cfg.eval.reference = cfg.train.model.name_or_path
+    cfg.eval.dtype = cfg.train.model.dtype
+    cfg.eval.reward_model = cfg.train.reward.model
+    cfg.eval.output = str(out / "train" / "eval.json")  # beside the run's metrics, where `rlcf plot` looks
+    return cfg
+
+
+def run_pipeline(cfg: PipelineConfig) -> Path:
+    from .evaluate import run_eval
+    from .label import run_label
+    from .plot import run_plot
+    from .rm import run_rm
+    from .trainer import train
+
+    cfg = wire(cfg)
+    out = Path(cfg.output_dir)
+    stages = [
+        ("label", cfg.label, out / "label", Path(cfg.label.output), run_label),
+        ("rm", cfg.rm, out / "rm", Path(cfg.rm.output_dir) / "final", run_rm),
+        ("train", cfg.train, out / "train", Path(cfg.train.output_dir) / "final", train),
+        ("eval", cfg.eval, out / "eval", Path(cfg.eval.output), run_eval),
+    ]
+    upstream, times, t_all = "", {}, time.perf_counter()
+    for i, (name, stage_cfg, folder, result, runner) in enumerate(stages, 1):
+        fingerprint = _fingerprint(stage_cfg, upstream)
+        if _cached(folder, fingerprint, result):
+            print(f"[{i}/5] {name}: reusing {result}", flush=True)
+            times[name] = 0.0
+        else:
+            print(f"[{i}/5] {name} ...", flush=True)
+            t0 = time.perf_counter()
+            if name in ("rm", "train") and _read_stamp(folder).get("fingerprint") != fingerprint:
+                _forget_stale_run(folder)  # a killed run with the same settings resumes from its checkpoint instead
+            _stamp(folder, fingerprint, done=False)
+            runner(stage_cfg)
+            times[name] = time.perf_counter() - t0
+            _stamp(folder, fingerprint, done=True, seconds=times[name])
+            print(f"[{i}/5] {name}: done in {times[name]:.0f} s -> {result}", flush=True)
+        upstream = fingerprint
+    print("[5/5] report ...", flush=True)
+    report = run_plot(PlotConfig(runs=(cfg.train.output_dir,), output_dir=str(out / "report"), title=cfg.title))
+    summary = _summary(cfg, times, time.perf_counter() - t_all)
+    (out / "report" / "pipeline.json").write_text(json.dumps(summary, indent=1))
+    _print_summary(summary, report)
+    return report
+
+
+def _forget_stale_run(folder: Path) -> None:
+    """A stage folder made with other settings or inputs must not be resumed from: move it aside (never delete)."""
+    if folder.exists() and any(folder.iterdir()):
+        stale = folder.with_name(f"{folder.name}.stale-{int(time.time())}")
+        folder.rename(stale)
+        print(f"      (previous {folder} was made with other settings; kept as {stale})", flush=True)
+
+
+def _summary(cfg: PipelineConfig, times: dict, total_s: float) -> dict:
+    label = json.loads(Path(cfg.label.output).with_suffix(".summary.json").read_text())
+    rm_metrics = [json.loads(x) for x in (Path(cfg.rm.output_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rm_acc = [m["eval/accuracy"] for m in rm_metrics if "eval/accuracy" in m]
+    ev = json.loads(Path(cfg.eval.output).read_text())
+    return {
+        "pairs": label["pairs"],
+        "rm_heldout_accuracy": rm_acc[-1] if rm_acc else None,
+        "eval": ev,
+        "seconds": {**{k: round(v, 1) for k, v in times.items()}, "total": round(total_s, 1)},
+    }
+
+
+def _print_summary(summary: dict, report: Path) -> None:
+    ev = summary["eval"]
+    flat = {}
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}/")
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                flat[f"{prefix}{k}"] = v
+
+    walk(ev)
+    pick = [k for k in flat if any(s in k for s in ("gold/mean", "reward/mean", "k1", "k3", "win_rate"))]
+    print("\nPipeline finished.")
+    print(f"  pairs labelled            {summary['pairs']}")
+    if summary["rm_heldout_accuracy"] is not None:
+        print(f"  reward model accuracy     {summary['rm_heldout_accuracy']:.3f} (held-out pairs)")
+    for k in pick:
+        print(f"  {k:<26}{flat[k]:.4f}")
+    print(f"  time                      {summary['seconds']}")
+    print(f"\nReport: {report.resolve()}")
