@@ -56,7 +56,7 @@ def run_label(cfg: LabelConfig) -> Path:
         # 2. two samples per prompt, on consecutive rows
         idx = list(range(start, min(start + per_call, len(prompts))))
         ids, mask = left_pad([prompt_ids[i] for i in idx for _ in range(2)], tokenizer.pad_token_id)
-        response_ids = sample_responses(policy, tokenizer, ids, mask, cfg.rollout)
+        response_ids = sample_responses(policy, ids, mask, cfg.rollout, tokenizer.pad_token_id, eos)
         response_mask, truncated = response_mask_from_ids(response_ids, eos)
         texts = decode_responses(tokenizer, response_ids, response_mask)
         # 3. the judge's scores and its choice

@@ -2,7 +2,8 @@
 
 What is read from each run folder (everything else is ignored):
 
-- `config.yaml` (optional): `algo` (a `rlcf train` run; `offline_data` set makes it `<algo>-offline`), `seed`,
+- `config.yaml` (optional): `algo` (a `rlcf train` run; P3O is named with its variant, `p3o-v1` / `p3o-v2`;
+  `offline_data` set makes it `<algo>-offline`), `seed`,
   and the KL strength of the algorithm's section: `p3o.beta`, `ppo.kl_target` (or `ppo.beta` when the
   target is null), `apa.lam`, `awr.inv_lam`, `rloo.beta`, `grpo.beta`. A config without `algo` is a stage:
   top-level `beta` -> dpo (strength `beta`), `model` as a string -> rm, else `data` -> sft.
@@ -173,7 +174,8 @@ def _algo_and_strength(cfg: dict) -> tuple[str, Optional[str], Optional[float]]:
             name = "beta"
     else:
         name = STRENGTH_KEYS.get(algo, "beta")
-    label = f"{algo}-offline" if cfg.get("offline_data") else str(algo)
+    label = f"{algo}-{section['variant']}" if algo == "p3o" and isinstance(section, dict) and section.get("variant") else str(algo)
+    label = f"{label}-offline" if cfg.get("offline_data") else label
     value = _num(section.get(name)) if isinstance(section, dict) else None
     return label, (name if value is not None else None), value
 

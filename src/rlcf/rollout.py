@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -53,32 +54,54 @@ class Timings:
     logprobs: float = 0.0
 
 
-def _pad_right(t: Tensor, length: int, value) -> Tensor:
-    if t.shape[1] >= length:
-        return t
-    return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
+@contextlib.contextmanager
+def _plain_generation_config(model, pad_id: int, eos_ids: set[int]):
+    """Generate with ONLY the sampling settings we pass: a model's own generation_config may carry a
+    repetition penalty, min_new_tokens, suppressed tokens... that would make the samples come from a
+    distribution other than the tempered softmax the log-probs are computed under."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(pad_token_id=pad_id, eos_token_id=sorted(eos_ids),
+                                               bos_token_id=saved.bos_token_id)
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+@contextlib.contextmanager
+def _eval_mode(*models):
+    """Dropout off while sampling and scoring; each model's train/eval mode is restored after."""
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
 
 
 @torch.no_grad()
-def sample_responses(policy, tokenizer, query_ids: Tensor, query_mask: Tensor, cfg: RolloutConfig) -> Tensor:
-    """Sampled response ids [B, T] (right-padded with pad ids) for left-padded prompts, cfg.generation_chunk rows
-    at a time. Shared by the RL loop, `rlcf label` and `rlcf eval`, so all three sample the same way."""
+def sample_responses(model, query_ids: Tensor, query_mask: Tensor, rollout: RolloutConfig, pad_id: int,
+                     eos_ids: set[int], chunk_rows: int | None = None) -> Tensor:
+    """Response ids [B, T] sampled for left-padded prompts [B, Q]; right-padded with pad_id after EOS.
+    The one sampler of the RL loop, `rlcf label` and `rlcf eval`.
+
+    Sampling: temperature, top_k, top_p and max_new_tokens of `rollout`, nothing else. Uses the torch
+    random state: seed it (or fork it) around the call.
+    """
+    chunk_rows = chunk_rows or rollout.generation_chunk
     chunks = []
-    for start in range(0, query_ids.shape[0], cfg.generation_chunk):
-        q, m = query_ids[start : start + cfg.generation_chunk], query_mask[start : start + cfg.generation_chunk]
-        out = policy.generate(
-            input_ids=q,
-            attention_mask=m,
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        chunks.append(out[:, q.shape[1] :])
-    T = max(c.shape[1] for c in chunks)
-    return torch.cat([_pad_right(c, T, tokenizer.pad_token_id) for c in chunks], dim=0)
+    with _eval_mode(model), _plain_generation_config(model, pad_id, eos_ids):
+        for s in range(0, query_ids.shape[0], chunk_rows):
+            q, m = query_ids[s : s + chunk_rows], query_mask[s : s + chunk_rows]
+            out = model.generate(input_ids=q, attention_mask=m, do_sample=True, temperature=rollout.temperature,
+                                 top_k=rollout.top_k, top_p=rollout.top_p, max_new_tokens=rollout.max_new_tokens)
+            chunks.append(out[:, q.shape[1] :])
+    width = max(c.shape[1] for c in chunks)
+    return torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad_id) for c in chunks])
 
 
 def decode_responses(tokenizer, response_ids: Tensor, response_mask: Tensor) -> list[str]:
@@ -109,7 +132,8 @@ class RolloutEngine:
         t0 = time.perf_counter()
         was_training = self.models.training
         self.models.eval()
-        response_ids = sample_responses(unwrapped_policy, self.tokenizer, query_ids, query_mask, self.cfg)
+        response_ids = sample_responses(unwrapped_policy, query_ids, query_mask, self.cfg, self.tokenizer.pad_token_id,
+                                        self.eos_ids)
         response_mask, truncated = response_mask_from_ids(response_ids, self.eos_ids)
         timings.generate += time.perf_counter() - t0
 
