@@ -10,7 +10,7 @@ import torch
 
 from rlcf.config import ModelConfig
 from rlcf.data import left_pad
-from rlcf.models import PolicyModels, build_models, load_causal_lm, load_tokenizer
+from rlcf.models import build_models, load_causal_lm, load_tokenizer
 from rlcf.rewards import RewardScaler, RewardSource
 from rlcf.rollout import last_token_index, response_mask_from_ids
 

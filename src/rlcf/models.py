@@ -194,6 +194,14 @@ class PolicyModels(nn.Module):
         elif critic_kind is not None:
             raise ValueError(f"model.critic={critic_kind!r}: choose separate or value_head")
 
+    def train(self, mode: bool = True):
+        """Train mode for the policy and critic only: the frozen reference stays in eval mode (no dropout)."""
+        super().train(mode)
+        for frozen in (self.reference, self.ref_blocks, self.ref_norm):
+            if frozen is not None:
+                frozen.eval()
+        return self
+
     def _base_policy(self):
         return self.policy.get_base_model() if self.ref_mode == "lora" else self.policy
 

@@ -1,0 +1,80 @@
+"""Offline training on fixed data. `rlcf dpo`: DPO on (prompt, chosen, rejected) pairs (losses/dpo.py).
+
+The reference is the frozen initial policy, in any of PolicyModels' modes (model.reference: copy, top_blocks,
+lora). Each pair is one prompt (left-padded, chat template as configured) followed by the chosen and the
+rejected response (right-padded, each ending in EOS); both halves go through the policy in one [2B] forward.
+The reference's log-probs are computed per minibatch under no_grad, from the same tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor
+
+from .config import DPOStageConfig
+from .data import DataError, check_length, left_pad, load_records, parse_columns
+from .losses import dpo_loss
+from .stages import Stage, encode_prompt, encode_response, right_pad, run_stage, use_chat_template
+
+FIELDS = ("prompt", "chosen", "rejected")
+
+
+def run_dpo(cfg: DPOStageConfig) -> Path:
+    """DPO of cfg.model on cfg.data; returns the folder of the final policy (OUTPUT_DIR/final)."""
+    from accelerate.utils import set_seed
+
+    from .models import build_models, load_tokenizer
+
+    if not cfg.data:
+        raise DataError("rlcf dpo needs --data: a JSONL/JSON/CSV/Parquet file or a hub dataset with "
+                        "prompt, chosen and rejected columns")
+    set_seed(cfg.seed)
+    # data are checked before the models are loaded, so bad input fails fast
+    rows = load_dpo_rows(cfg, load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code))
+    models = build_models(cfg.model, critic_kind=None)
+    pad_id = models.tokenizer.pad_token_id
+
+    def collate(batch_rows: list[dict]) -> dict[str, Tensor]:
+        return dpo_collate(batch_rows, pad_id)
+
+    def loss_fn(model, batch: dict[str, Tensor]):
+        # model is the (possibly wrapped) PolicyModels; the reference pass goes through the unwrapped one
+        logprobs, _ = model(batch["query_ids"], batch["query_mask"], batch["response_ids"], batch["response_mask"])
+        ref_logprobs = models.ref_logprobs(batch["query_ids"], batch["query_mask"], batch["response_ids"],
+                                           batch["response_mask"])
+        mask = batch["response_mask"]
+        B = mask.shape[0] // 2
+        return dpo_loss(logprobs[:B], logprobs[B:], ref_logprobs[:B], ref_logprobs[B:], mask[:B], mask[B:], cfg.beta)
+
+    def save(folder: Path) -> None:
+        models.merged_policy().save_pretrained(folder)
+        models.tokenizer.save_pretrained(folder)
+
+    return run_stage(cfg, Stage(name="dpo", model=models, rows=rows, collate=collate, loss_fn=loss_fn, save=save))
+
+
+def load_dpo_rows(cfg: DPOStageConfig, tokenizer) -> list[dict]:
+    """[{'prompt_ids', 'chosen_ids', 'rejected_ids'}] per pair, validated (errors name the file, row and field)."""
+    records = load_records(cfg.data, text=FIELDS, columns=cfg.columns, split=cfg.split)
+    col = {f: parse_columns(cfg.columns, FIELDS).get(f, f) for f in FIELDS}
+    use_chat = use_chat_template(tokenizer, cfg.chat_template)
+    out = []
+    for i, rec in enumerate(records):
+        row = {"prompt_ids": encode_prompt(tokenizer, rec["prompt"], use_chat)}
+        for side in ("chosen", "rejected"):
+            row[f"{side}_ids"] = encode_response(tokenizer, rec[side])
+            check_length(len(row["prompt_ids"]) + len(row[f"{side}_ids"]), cfg.max_length,
+                         f"{cfg.data}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
+        out.append(row)
+    return out
+
+
+def dpo_collate(rows: list[dict], pad_id: int) -> dict[str, Tensor]:
+    """[2B] rows: each prompt twice (left-padded), then the B chosen and the B rejected responses (right-padded
+    to one width); response_mask is 1 on response tokens, EOS included."""
+    query_ids, query_mask = left_pad([r["prompt_ids"] for r in rows] * 2, pad_id)
+    response_ids, response_mask = right_pad([r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows],
+                                            pad_id)
+    return {"query_ids": query_ids, "query_mask": query_mask, "response_ids": response_ids,
+            "response_mask": response_mask}

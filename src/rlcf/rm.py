@@ -1,0 +1,145 @@
+"""`rlcf rm`: a scalar reward model from (prompt, chosen, rejected) pairs, Bradley-Terry loss (losses/reward.py).
+
+The model is AutoModelForSequenceClassification with one label on any backbone (a decoder such as the embedded
+model, or an encoder); num_layers keeps only its first N blocks. It reads exactly the text the scorer
+(rewards.HFRewardModel) will read, from the same function `reward_texts`, tokenized the same way.
+
+Where the score is read: transformers pools a decoder's logits at the rightmost token that is not the pad
+token. When the tokenizer has no pad token, or pads with EOS, a real EOS at the end of a text would be taken
+for padding and the score read one token early; so the model gets its own '<|pad|>' token (embeddings
+resized) and model.config.pad_token_id, and texts are right-padded. The saved folder (model + tokenizer)
+loads with `rlcf train --reward.model OUTPUT_DIR/final`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .config import RMConfig
+from .data import DataError, check_length, load_records, parse_columns
+from .losses import bradley_terry_loss
+from .rewards import reward_texts
+from .stages import Stage, right_pad, run_stage
+
+PAD_TOKEN = "<|pad|>"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def run_rm(cfg: RMConfig) -> Path:
+    """Train a reward model on cfg.data; returns the folder of the final model (OUTPUT_DIR/final)."""
+    from accelerate.utils import set_seed
+
+    if not cfg.data:
+        raise DataError("rlcf rm needs --data: a JSONL/JSON/CSV/Parquet file or a hub dataset with "
+                        "prompt, chosen and rejected columns")
+    set_seed(cfg.seed)
+    tokenizer = load_rm_tokenizer(cfg.model, cfg.trust_remote_code)
+    rows = load_rm_rows(cfg, tokenizer)  # checked before the model is loaded, so bad input fails fast
+    model = load_rm_model(cfg, tokenizer)
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    stage = Stage(name="rm", model=model, rows=rows, collate=lambda batch: rm_collate(batch, tokenizer.pad_token_id),
+                  loss_fn=rm_batch_loss, save=save)
+    return run_stage(cfg, stage)
+
+
+def load_rm_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """The backbone's tokenizer, right-padded, with a pad token distinct from EOS (added if needed)."""
+    from transformers import AutoTokenizer
+
+    from .models import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = "right"
+    pads_with_eos = tokenizer.eos_token is not None and tokenizer.pad_token_id == tokenizer.eos_token_id
+    if tokenizer.pad_token is None or pads_with_eos:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return tokenizer
+
+
+def load_rm_model(cfg: RMConfig, tokenizer) -> nn.Module:
+    """A one-label sequence classifier on the backbone (its first cfg.num_layers blocks), pad id set, its
+    embeddings resized if the tokenizer grew a pad token. The new score head is initialised from cfg.seed."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from .models import resolve_model_path
+
+    path = resolve_model_path(cfg.model)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, num_labels=1)
+    if cfg.num_layers is not None:
+        truncate_layers(config, cfg.num_layers, cfg.model)
+    # a pad token added to the tokenizer has no embedding row yet: set its id once the embeddings are resized
+    in_vocab = tokenizer.pad_token_id < (getattr(config, "vocab_size", None) or 0)
+    config.pad_token_id = tokenizer.pad_token_id if in_vocab else None
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, config=config, dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def truncate_layers(config, n: int, name: str) -> None:
+    """Keep the first n blocks: set the config's layer count (num_hidden_layers, or the name it maps to) before
+    loading, so only those blocks are built and the rest of the checkpoint is ignored."""
+    total = getattr(config, "num_hidden_layers", None)
+    if not isinstance(total, int):
+        raise ValueError(f"--num-layers {n}: the config of {name} ({type(config).__name__}) has no "
+                         "num_hidden_layers field, so rlcf cannot truncate it; leave --num-layers unset")
+    if not 1 <= n <= total:
+        raise ValueError(f"--num-layers {n}: {name} has {total} blocks; choose 1 to {total}")
+    config.num_hidden_layers = n
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list):  # per-block attention kinds (e.g. sliding window) must match the count
+        config.layer_types = layer_types[:n]
+
+
+def load_rm_rows(cfg: RMConfig, tokenizer) -> list[dict]:
+    """[{'chosen_ids', 'rejected_ids', 'margin'?}] per pair, validated; texts as rewards.reward_texts builds them."""
+    fields = ("prompt", "chosen", "rejected")
+    numbers = ("margin",) if cfg.margin_column else ()
+    columns = cfg.columns
+    if cfg.margin_column:
+        columns = f"{columns},margin={cfg.margin_column}" if columns.strip() else f"margin={cfg.margin_column}"
+    records = load_records(cfg.data, text=fields, numbers=numbers, columns=columns, split=cfg.split)
+    col = {f: parse_columns(cfg.columns, fields).get(f, f) for f in fields}
+    prompts = [r["prompt"] for r in records]
+    encoded = {}
+    for side in ("chosen", "rejected"):
+        texts = reward_texts(tokenizer, prompts, [r[side] for r in records])
+        encoded[side] = tokenizer(texts)["input_ids"]
+    out = []
+    for i, rec in enumerate(records):
+        row = {}
+        for side in ("chosen", "rejected"):
+            ids = list(encoded[side][i])
+            check_length(len(ids), cfg.max_length, f"{cfg.data}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
+            row[f"{side}_ids"] = ids
+        if cfg.margin_column:
+            row["margin"] = rec["margin"]
+        out.append(row)
+    return out
+
+
+def rm_collate(rows: list[dict], pad_id: int) -> dict[str, Tensor]:
+    """Chosen texts then rejected texts, right-padded into one [2B, L] batch (one forward for both)."""
+    input_ids, attention_mask = right_pad([r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows], pad_id)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "margin" in rows[0]:
+        batch["margin"] = torch.tensor([r["margin"] for r in rows], dtype=torch.float32)
+    return batch
+
+
+def rm_batch_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Bradley-Terry on the pooled scores (score at each text's last real token): loss/reward_model,
+    reward/accuracy, reward/margin_mean (eval/accuracy, eval/margin_mean on held-out pairs)."""
+    scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+    B = scores.shape[0] // 2
+    return bradley_terry_loss(scores[:B], scores[B:], batch.get("margin"))

@@ -1,0 +1,137 @@
+"""`rlcf sft`: supervised fine-tuning, the token NLL of completions only (losses/sft.py).
+
+Rows are either `prompt` + `completion` strings (TRL's names; others through --columns) or a chat `messages`
+list. In a messages row the LAST message must be the assistant's: it is the completion, and everything before
+it is the prompt, rendered by the chat template with its generation prompt. Earlier assistant turns are
+context and get no loss: one completion per row keeps the prompt/completion boundary exact under any chat
+template (write one row per assistant turn to train on every turn). String prompts are wrapped as a user turn
+when the tokenizer has a chat template (--chat-template). Each completion ends with EOS, so the model learns
+to stop where the rollout's generation stops.
+
+model.reference picks what trains: copy = every weight; top_blocks = the top model.trainable_blocks blocks and
+the final norm; lora = a LoRA adapter, merged into the weights before saving.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from .config import ModelConfig, SFTConfig
+from .data import DataError, check_length, left_pad, load_records, load_rows, parse_columns
+from .losses import sft_loss
+from .stages import Stage, encode_prompt, encode_response, response_logprobs, right_pad, run_stage, use_chat_template
+
+FIELDS = ("prompt", "completion", "messages")
+
+
+def run_sft(cfg: SFTConfig) -> Path:
+    """Fine-tune cfg.model on cfg.data; returns the folder of the final model (OUTPUT_DIR/final)."""
+    from accelerate.utils import set_seed
+
+    from .models import load_causal_lm, load_tokenizer
+
+    if not cfg.data:
+        raise DataError("rlcf sft needs --data: a JSONL/JSON/CSV/Parquet file or a hub dataset with "
+                        "prompt/completion or messages rows")
+    set_seed(cfg.seed)
+    # data are checked before the model is loaded, so bad input fails fast
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    rows = load_sft_rows(cfg, tokenizer)
+    lm = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
+    lm = select_trainable(lm, cfg.model)
+
+    def save(folder: Path) -> None:
+        final = lm.merge_and_unload() if cfg.model.reference == "lora" else lm
+        final.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    stage = Stage(name="sft", model=lm, rows=rows, collate=partial(sft_collate, pad_id=tokenizer.pad_token_id),
+                  loss_fn=sft_batch_loss, save=save)
+    return run_stage(cfg, stage)
+
+
+def load_sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
+    """[{'prompt_ids': [...], 'completion_ids': [... EOS]}] per row, every row validated (errors name the file,
+    the row and the field)."""
+    mapping = parse_columns(cfg.columns, FIELDS)
+    if "messages" in mapping:
+        as_messages = True
+    elif "prompt" in mapping or "completion" in mapping:
+        as_messages = False
+    else:  # no mapping: the columns decide
+        first = load_rows(cfg.data, cfg.split)[:1]
+        as_messages = bool(first) and "messages" in first[0] and "prompt" not in first[0]
+    fields = ("messages",) if as_messages else ("prompt", "completion")
+    col = {f: mapping.get(f, f) for f in fields}
+    if as_messages:
+        records = load_records(cfg.data, messages=fields, columns=cfg.columns, split=cfg.split)
+    else:
+        records = load_records(cfg.data, text=fields, columns=cfg.columns, split=cfg.split)
+    use_chat = use_chat_template(tokenizer, cfg.chat_template)
+    if as_messages and not tokenizer.chat_template:
+        raise DataError(f"{cfg.data}: messages rows need a chat template, and this tokenizer has none; "
+                        "use prompt/completion rows or a model with a chat template")
+    out = []
+    for i, rec in enumerate(records):
+        if as_messages:
+            where = f"{cfg.data}, row {i + 1}, field '{col['messages']}'"
+            messages = rec["messages"]
+            if messages[-1]["role"] != "assistant" or len(messages) < 2:
+                raise DataError(f"{where}: the last message must be the assistant's reply, after at least one "
+                                f"other message (got roles {[m['role'] for m in messages]}); fix or remove the row")
+            if not messages[-1]["content"].strip():
+                raise DataError(f"{where}: the last (assistant) message is empty; fill it in or remove the row")
+            prompt, completion = messages[:-1], messages[-1]["content"]
+        else:
+            where = f"{cfg.data}, row {i + 1}, fields '{col['prompt']}' + '{col['completion']}'"
+            prompt, completion = rec["prompt"], rec["completion"]
+        prompt_ids = encode_prompt(tokenizer, prompt, use_chat)
+        completion_ids = encode_response(tokenizer, completion)
+        check_length(len(prompt_ids) + len(completion_ids), cfg.max_length, where)
+        out.append({"prompt_ids": prompt_ids, "completion_ids": completion_ids})
+    return out
+
+
+def select_trainable(lm: nn.Module, mcfg: ModelConfig) -> nn.Module:
+    """copy: train every weight; top_blocks: only the top N blocks and the final norm; lora: a LoRA adapter."""
+    from .models import decoder_layers, final_norm
+
+    if mcfg.reference == "copy":
+        return lm
+    if mcfg.reference == "top_blocks":
+        layers = decoder_layers(lm)
+        n = mcfg.trainable_blocks
+        if not 1 <= n <= len(layers):
+            raise ValueError(f"model.trainable_blocks={n}: must be between 1 and {len(layers)} for this model")
+        lm.requires_grad_(False)
+        for module in list(layers[len(layers) - n :]) + [final_norm(lm)]:
+            module.requires_grad_(True)
+        return lm
+    if mcfg.reference == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = mcfg.lora_target_modules
+        return get_peft_model(lm, LoraConfig(
+            r=mcfg.lora_r, lora_alpha=mcfg.lora_alpha, lora_dropout=mcfg.lora_dropout, task_type="CAUSAL_LM",
+            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]))
+    raise ValueError(f"model.reference={mcfg.reference!r}: choose copy, top_blocks or lora")
+
+
+def sft_collate(rows: list[dict], pad_id: int) -> dict[str, Tensor]:
+    """Prompts left-padded [B, Q], completions right-padded [B, T]; response_mask is 1 on completion tokens
+    (EOS included) and 0 on the prompt and padding, so only completions are trained on."""
+    query_ids, query_mask = left_pad([r["prompt_ids"] for r in rows], pad_id)
+    response_ids, response_mask = right_pad([r["completion_ids"] for r in rows], pad_id)
+    return {"query_ids": query_ids, "query_mask": query_mask, "response_ids": response_ids,
+            "response_mask": response_mask}
+
+
+def sft_batch_loss(lm: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Mean NLL over the batch's completion tokens, logged as loss/nll (eval/nll on held-out rows)."""
+    logprobs = response_logprobs(lm, batch["query_ids"], batch["query_mask"], batch["response_ids"],
+                                 batch["response_mask"])
+    loss, metrics = sft_loss(logprobs, batch["response_mask"])
+    return loss, {"loss/nll": metrics["loss/sft"]}

@@ -1,0 +1,268 @@
+"""The one supervised loop behind `rlcf sft`, `rlcf rm` and `rlcf dpo`, on accelerate.
+
+A stage hands over a `Stage`: the module to train, its validated and tokenized rows, a `collate` that turns
+a list of rows into a batch of tensors, a `loss_fn(model, batch) -> (loss, metrics)` and a `save` that writes
+the final model into a folder. The loop owns the rest:
+1. held-out split -> 2. optimiser, resume -> 3. epochs x optimiser steps x minibatches (grad accumulation,
+grad-norm clip, AdamW) -> 4. log, evaluate at each epoch's end, checkpoint -> 5. the final model.
+
+metrics.jsonl holds one record per optimiser step: `step`, `epoch`, the loss's own metrics (loss/, reward/)
+averaged over the step's minibatches, optim/grad_norm and perf/. On the last step of each epoch the loss's
+metrics on the held-out rows are added as eval/<name> (from <group>/<name>, e.g. reward/accuracy ->
+eval/accuracy), averaged over held-out rows; a record with step 0 holds them before any training.
+
+Also here: the tokenizing helpers SFT and DPO share (prompt with or without the chat template, response
+ending in EOS, padding) and the response log-probs of a plain causal LM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import to_dict
+from .data import DataError
+
+
+@dataclass
+class Stage:
+    """What a supervised stage plugs into `run_stage`."""
+
+    name: str
+    """Stage name for the progress bar and messages: sft, rm, dpo."""
+    model: nn.Module
+    """The module to train; its parameters with requires_grad are optimised and checkpointed."""
+    rows: list
+    """Validated, tokenized examples, one per dataset row, in file order."""
+    collate: Callable[[list], dict[str, Tensor]]
+    """A list of rows -> a batch of CPU tensors; the loop moves them to the device."""
+    loss_fn: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
+    """(model, batch) -> (scalar loss, {'group/name': scalar tensor}); runs under no_grad for evaluation."""
+    save: Callable[[Path], None]
+    """Writes the final model (and its tokenizer) into the given folder."""
+
+
+def split_rows(n: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) row indices; the held-out rows depend only on (n, eval_fraction, seed)."""
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"eval_fraction={eval_fraction}: must be in [0, 1)")
+    n_eval = 0 if eval_fraction == 0 else max(1, round(n * eval_fraction))
+    if n - n_eval < 1:
+        raise DataError(f"{n} rows leave none to train on after holding out {n_eval}; "
+                        "add rows or lower --eval-fraction")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[n_eval:]), sorted(perm[:n_eval])
+
+
+def epoch_plan(train_idx: list[int], epoch: int, seed: int, minibatch: int, grad_accum: int,
+               rank: int = 0, world: int = 1) -> list[list[list[int]]]:
+    """The epoch's optimiser steps, each a list of minibatches of row indices. The shuffle is a pure function of
+    (seed, epoch), so a resumed run sees the same batches. With several processes each takes every world-th row
+    (the remainder is dropped so all ranks take the same number of steps)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
+    order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=g).tolist()]
+    order = order[: len(order) - len(order) % world][rank::world]
+    minibatches = [order[s : s + minibatch] for s in range(0, len(order), minibatch)]
+    return [minibatches[s : s + grad_accum] for s in range(0, len(minibatches), grad_accum)]
+
+
+def run_stage(cfg, stage: Stage) -> Path:
+    """Train `stage.model` on `stage.rows` as configured by cfg (an SFTConfig, RMConfig or DPOStageConfig:
+    optim, seed, eval_fraction, output_dir, save_every, resume, progress) and return the final model's folder."""
+    from accelerate import Accelerator
+
+    opt = cfg.optim
+    if opt.epochs < 1 or opt.minibatch_prompts < 1 or opt.grad_accum < 1:
+        raise ValueError(f"optim.epochs={opt.epochs}, optim.minibatch_prompts={opt.minibatch_prompts} and "
+                         f"optim.grad_accum={opt.grad_accum} must all be at least 1")
+    out = Path(cfg.output_dir)
+    # optim.mixed_precision autocasts every loss_fn call (the reference's passes too); weights keep model.dtype
+    accelerator = Accelerator(mixed_precision=getattr(opt, "mixed_precision", "no"))
+    main = accelerator.is_main_process
+
+    # 1. held-out split, and the length of the run in optimiser steps
+    train_idx, eval_idx = split_rows(len(stage.rows), cfg.eval_fraction, cfg.seed)
+    plan_args = (opt.minibatch_prompts, opt.grad_accum, accelerator.process_index, accelerator.num_processes)
+    steps_per_epoch = len(epoch_plan(train_idx, 0, cfg.seed, *plan_args))
+    if steps_per_epoch == 0:
+        raise DataError(f"{len(train_idx)} training rows for {accelerator.num_processes} processes: too few")
+    total_steps = steps_per_epoch * opt.epochs
+
+    # 2. optimiser; resume from the newest checkpoint (weights, optimiser and RNG state)
+    params = [p for p in stage.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
+    start_step = 0
+    ckpt = latest_checkpoint(out) if cfg.resume else None
+    if ckpt is not None:
+        start_step = load_checkpoint(ckpt, stage.model, optimizer)["step"]
+        accelerator.print(f"resumed from {ckpt} (step {start_step} of {total_steps})")
+    model, optimizer = accelerator.prepare(stage.model, optimizer)
+    inner = accelerator.unwrap_model(model)
+    metrics_path = out / "metrics.jsonl"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        _drop_records_after(metrics_path, start_step)
+
+    def to_device(batch: dict) -> dict:
+        return {k: v.to(accelerator.device) for k, v in batch.items()}
+
+    def evaluate() -> dict[str, float]:
+        # every process scores all held-out rows with the unwrapped model (no collectives, same numbers)
+        if not eval_idx:
+            return {}
+        t0 = time.perf_counter()
+        inner.eval()
+        sums: dict[str, float] = {}
+        with torch.no_grad(), accelerator.autocast():
+            for s in range(0, len(eval_idx), opt.minibatch_prompts):
+                part = eval_idx[s : s + opt.minibatch_prompts]
+                _, m = stage.loss_fn(inner, to_device(stage.collate([stage.rows[i] for i in part])))
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(part)
+        record = {"eval/" + k.split("/", 1)[-1]: v / len(eval_idx) for k, v in sums.items()}
+        record["perf/eval_s"] = time.perf_counter() - t0
+        return record
+
+    def write(record: dict) -> None:
+        if main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    if start_step == 0 and eval_idx:
+        write({"step": 0, "epoch": 0, **evaluate()})
+    bar = None
+    if cfg.progress and main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=min(start_step, total_steps), desc=f"rlcf {stage.name}",
+                   dynamic_ncols=True)
+
+    # 3. epochs x optimiser steps x minibatches
+    plan, plan_epoch = None, -1
+    for step in range(start_step, total_steps):
+        t_step = time.perf_counter()
+        epoch, k = divmod(step, steps_per_epoch)
+        if epoch != plan_epoch:
+            plan, plan_epoch = epoch_plan(train_idx, epoch, cfg.seed, *plan_args), epoch
+        minibatches = plan[k]
+        model.train()
+        history: list[dict[str, Tensor]] = []
+        for j, idx in enumerate(minibatches):
+            batch = to_device(stage.collate([stage.rows[i] for i in idx]))
+            # gradients are only all-reduced on the step's last minibatch
+            last = j == len(minibatches) - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    loss, m = stage.loss_fn(model, batch)
+                accelerator.backward(loss / len(minibatches))
+            history.append({key: v.detach().float() for key, v in m.items()})
+        record = {"step": step + 1, "epoch": epoch + 1}
+        if opt.max_grad_norm > 0:
+            record["optim/grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm))
+        optimizer.step()
+        optimizer.zero_grad()
+
+        # 4. log; evaluate at the end of each epoch; checkpoint
+        n_rows = sum(len(idx) for idx in minibatches)
+        record.update({key: float(torch.stack([m[key] for m in history if key in m]).mean())
+                       for key in dict.fromkeys(key for m in history for key in m)})
+        step_s = time.perf_counter() - t_step
+        record.update({"perf/step_s": step_s, "perf/rows_per_s": n_rows * accelerator.num_processes / step_s})
+        if (step + 1) % steps_per_epoch == 0:
+            record.update(evaluate())
+        write(record)
+        if bar is not None:
+            bar.update(1)
+            first_loss = next((key for key in record if key.startswith("loss/")), None)
+            if first_loss:
+                bar.set_postfix(loss=f"{record[first_loss]:.4f}")
+        if main and ((cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total_steps):
+            save_checkpoint(out, step + 1, inner, optimizer, {"epoch": epoch + 1, "stage": stage.name})
+        accelerator.wait_for_everyone()
+    if bar is not None:
+        bar.close()
+
+    # 5. the final model, written elsewhere and renamed into place
+    final = out / "final"
+    if main:
+        with atomic_dir(final) as tmp:
+            stage.save(tmp)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _drop_records_after(path: Path, last_step: int) -> None:
+    """On resume, drop the records of steps after the checkpoint (they are redone); a fresh start drops all."""
+    if not path.exists():
+        return
+    if last_step == 0:
+        path.unlink()
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+# ---- tokenizing helpers shared by SFT and DPO ----------------------------------------------------------
+
+
+def use_chat_template(tokenizer, chat_template: str) -> bool:
+    """Whether string prompts are wrapped as a user turn: auto = when the tokenizer has a chat template."""
+    if chat_template not in ("auto", "on", "off"):
+        raise ValueError(f"chat_template={chat_template!r}: choose auto, on or off")
+    if chat_template == "on" and not tokenizer.chat_template:
+        raise DataError("chat_template=on, but the tokenizer has no chat template; use --chat-template off")
+    return chat_template == "on" or (chat_template == "auto" and bool(tokenizer.chat_template))
+
+
+def encode_prompt(tokenizer, prompt: str | list[dict], use_chat: bool) -> list[int]:
+    """Prompt token ids. A message list (or a string when use_chat) goes through the chat template with the
+    generation prompt, so the response starts where generation would start."""
+    if isinstance(prompt, list) or use_chat:
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return list(out["input_ids"])
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+def encode_response(tokenizer, text: str) -> list[int]:
+    """Response token ids ending in EOS (appended unless the text already ends with it), so the model learns
+    to stop, as generation does in the rollout."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; set one (tokenizer.eos_token) in the model folder")
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids if ids and ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
+
+
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """[B, T] ids and 0/1 mask of right-padded sequences; the mask comes from lengths, never from pad ids."""
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
+    return ids, mask
+
+
+def response_logprobs(lm: nn.Module, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor,
+                      response_mask: Tensor) -> Tensor:
+    """[B, T] log pi(y_t | x, y_<t) of a causal LM on [prompt (left-padded) | response (right-padded)], with
+    position ids that follow the attention mask, as PolicyModels.forward computes them for the policy."""
+    from .models import PolicyModels, _token_logprobs
+
+    input_ids, attention_mask, position_ids = PolicyModels._inputs(query_ids, query_mask, response_ids, response_mask)
+    T = response_ids.shape[1]
+    out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=T + 1,
+             use_cache=False)
+    return _token_logprobs(out.logits[:, :-1], response_ids, 1.0)
+
