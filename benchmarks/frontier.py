@@ -2,7 +2,7 @@
 and DPO, over several seeds and KL strengths, sharing one reward model and one evaluation.
 
   python benchmarks/frontier.py                      # 3 seeds x 3 strengths x 8 methods (hours on a CPU)
-  python benchmarks/frontier.py --seeds 0 --steps 4  # a smaller run; the docs say which was used
+  python benchmarks/frontier.py --seeds 0 --strengths 1 --steps 4  # a smaller run; the docs say which
 
 1. one labelled pair set and one reward model (the main job's stages, cached under OUT/shared)
 2. every (method, strength, seed): train against the reward model (DPO: on the labelled pairs), then
@@ -58,9 +58,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/frontier")
     ap.add_argument("--docs", default="docs/frontier")
+    ap.add_argument("--shared", default=None,
+                    help="folder with label/pairs.jsonl and rm/final to reuse (e.g. runs/pipeline); default OUT/shared")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--strengths", type=int, default=3, help="how many of each method's strengths to run (1-3)")
+    ap.add_argument("--strengths", nargs="+", type=int, default=[0, 1, 2],
+                    help="which of each method's three strengths to run (0 weakest KL control, 1 default, 2 strongest)")
+    ap.add_argument("--prompts-per-step", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--steps", type=int, default=10, help="RL steps per run (DPO: one epoch over the pairs)")
     ap.add_argument("--eval-prompts", type=int, default=64)
     ap.add_argument("--model", default="embedded")
@@ -69,10 +74,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
 
     # 1. shared pairs and reward model: the main job's label and rm stages
-    base = PipelineConfig(output_dir=str(out / "shared"))
+    base = PipelineConfig(output_dir=args.shared or str(out / "shared"))
     base.train.model.name_or_path = args.model
     base.train.steps = args.steps
     base.train.progress = False
+    base.train.rollout.prompts_per_step = args.prompts_per_step
+    base.train.rollout.max_new_tokens = base.eval.rollout.max_new_tokens = args.max_new_tokens
     base = wire(base)
     if not Path(base.label.output).exists():
         run_label(base.label)
@@ -83,7 +90,7 @@ def main(argv=None) -> int:
     run_dirs = []
     for method in args.methods:
         algo, fixed, field_name, strengths = METHODS[method]
-        for strength in strengths[: args.strengths]:
+        for strength in [strengths[i] for i in args.strengths]:
             for seed in args.seeds:
                 run_dir = out / f"{method}-{field_name.split('.')[-1]}{strength:g}-seed{seed}"
                 run_dirs.append(run_dir)

@@ -3,9 +3,7 @@ three reference modes), builds sequences as the rollout does, names bad rows, ru
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ import yaml
 from rlcf.config import DPOStageConfig
 from rlcf.data import DataError
 from rlcf.offline import dpo_collate, load_dpo_rows, run_dpo
+from helpers.common import override, read_metrics, write_jsonl
 
 GOOD = ["good", "great", "wonderful", "amazing", "happy", "lovely", "bright", "sunny"]
 BAD = ["bad", "sad", "gloomy", "awful", "rainy", "cat", "mat", "park"]
@@ -27,26 +26,11 @@ def pairs(n: int, seed: int) -> list[dict]:
              "rejected": " ".join(rng.choices(BAD, k=rng.randint(2, 4)))} for _ in range(n)]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 def dpo_config(model_dir, data, out, **over) -> DPOStageConfig:
     cfg = DPOStageConfig(data=data, output_dir=str(out), progress=False, eval_fraction=0.25, save_every=0)
     cfg.model.name_or_path = model_dir
     cfg.optim.lr, cfg.optim.epochs, cfg.optim.minibatch_prompts = 3e-3, 2, 8
-    for key, value in over.items():
-        obj = cfg
-        *path, last = key.split(".")
-        for p in path:
-            obj = getattr(obj, p)
-        setattr(obj, last, value)
-    return cfg
-
-
-def read_metrics(out) -> list[dict]:
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return override(cfg, **over)
 
 
 @pytest.fixture()

@@ -14,6 +14,7 @@ import yaml
 from rlcf.config import RMConfig
 from rlcf.data import DataError
 from rlcf.rm import load_rm_model, load_rm_rows, load_rm_tokenizer, rm_batch_loss, rm_collate, run_rm
+from helpers.common import override, read_metrics, write_jsonl
 
 GOOD = ["good", "great", "wonderful", "amazing", "happy", "lovely", "bright", "sunny"]
 BAD = ["bad", "sad", "gloomy", "awful", "rainy", "the", "a", "mat"]
@@ -28,21 +29,10 @@ def pairs(n: int, seed: int) -> list[dict]:
              "rejected": " ".join(rng.choices(BAD, k=rng.randint(3, 5)))} for _ in range(n)]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 def rm_config(model_dir, data, out, **over) -> RMConfig:
     cfg = RMConfig(model=model_dir, data=data, output_dir=str(out), progress=False, eval_fraction=0.25, save_every=0)
     cfg.optim.lr, cfg.optim.epochs, cfg.optim.minibatch_prompts = 3e-3, 4, 8
-    for key, value in over.items():
-        obj = cfg
-        *path, last = key.split(".")
-        for p in path:
-            obj = getattr(obj, p)
-        setattr(obj, last, value)
-    return cfg
+    return override(cfg, **over)
 
 
 def build_tiny_bert_dir(path: Path) -> str:
@@ -57,10 +47,6 @@ def build_tiny_bert_dir(path: Path) -> str:
     BertModel(config).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
-
-
-def read_metrics(out) -> list[dict]:
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_rm_learns_a_preference_and_the_scorer_loads_it(tiny_model_dir_pad_eos, tmp_path):

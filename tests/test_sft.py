@@ -3,7 +3,6 @@ names bad rows, resumes exactly, and runs from the command line."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,11 @@ import yaml
 from rlcf.config import SFTConfig
 from rlcf.data import DataError
 from rlcf.sft import load_sft_rows, run_sft, sft_batch_loss, sft_collate
+from helpers.common import override, read_metrics, write_jsonl
 
 COMPLETIONS = {"cat": "the cat sat on the mat", "dog": "a happy dog ran in the park",
                "sea": "write a short note about the sea", "sun": "what a lovely bright sunny day"}
 OPENERS = ["tell me about the", "describe a", "a note on the", "what is the"]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def mapping_rows() -> list[dict]:
@@ -32,17 +27,7 @@ def sft_config(model_dir, data, out, **over) -> SFTConfig:
     cfg = SFTConfig(data=data, output_dir=str(out), progress=False, eval_fraction=0.25, save_every=0)
     cfg.model.name_or_path = model_dir
     cfg.optim.lr, cfg.optim.epochs, cfg.optim.minibatch_prompts = 1e-2, 2, 4
-    for key, value in over.items():
-        obj = cfg
-        *path, last = key.split(".")
-        for p in path:
-            obj = getattr(obj, p)
-        setattr(obj, last, value)
-    return cfg
-
-
-def read_metrics(out) -> list[dict]:
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return override(cfg, **over)
 
 
 def test_sft_lowers_held_out_completion_nll(tiny_model_dir, tmp_path):

@@ -4,7 +4,6 @@ the saved model loads in plain transformers; bad input fails early with a clear 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ import torch
 from rlcf.config import TrainConfig
 from rlcf.data import DataError
 from rlcf.trainer import train
+from helpers.common import override, read_metrics
 
 
 def tiny_config(model_dir, out, algo="p3o", steps=30, **over) -> TrainConfig:
@@ -21,17 +21,7 @@ def tiny_config(model_dir, out, algo="p3o", steps=30, **over) -> TrainConfig:
     cfg.rollout.max_new_tokens = 8
     cfg.rollout.prompts_per_step = 16
     cfg.optim.lr = 3e-3
-    for key, value in over.items():
-        obj = cfg
-        *path, last = key.split(".")
-        for p in path:
-            obj = getattr(obj, p)
-        setattr(obj, last, value)
-    return cfg
-
-
-def read_metrics(out) -> list[dict]:
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return override(cfg, **over)
 
 
 def mean(xs):

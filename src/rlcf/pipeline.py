@@ -77,12 +77,13 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
         ("train", cfg.train, out / "train", Path(cfg.train.output_dir) / "final", train),
         ("eval", cfg.eval, out / "eval", Path(cfg.eval.output), run_eval),
     ]
-    upstream, times, t_all = "", {}, time.perf_counter()
+    upstream, times, reused, t_all = "", {}, [], time.perf_counter()
     for i, (name, stage_cfg, folder, result, runner) in enumerate(stages, 1):
         fingerprint = _fingerprint(stage_cfg, upstream)
         if _cached(folder, fingerprint, result):
             print(f"[{i}/5] {name}: reusing {result}", flush=True)
-            times[name] = 0.0
+            times[name] = _read_stamp(folder).get("seconds", 0.0)
+            reused.append(name)
         else:
             print(f"[{i}/5] {name} ...", flush=True)
             t0 = time.perf_counter()
@@ -97,7 +98,9 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
     print("[5/5] report ...", flush=True)
     report = run_plot(PlotConfig(runs=(cfg.train.output_dir,), output_dir=str(out / "report"), title=cfg.title))
     summary = _summary(cfg, times, time.perf_counter() - t_all)
+    summary["reused"] = reused
     (out / "report" / "pipeline.json").write_text(json.dumps(summary, indent=1))
+    _append_to_report(report, summary)
     _print_summary(summary, report)
     return report
 
@@ -121,6 +124,36 @@ def _summary(cfg: PipelineConfig, times: dict, total_s: float) -> dict:
         "eval": ev,
         "seconds": {**{k: round(v, 1) for k, v in times.items()}, "total": round(total_s, 1)},
     }
+
+
+def _append_to_report(report: Path, summary: dict) -> None:
+    ev, pol, ref = summary["eval"], summary["eval"].get("policy", {}), summary["eval"].get("reference", {})
+    wr = ev.get("win_rate") or {}
+
+    def f(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    acc = summary["rm_heldout_accuracy"]
+    lines = [
+        "", "## Pipeline", "",
+        f"- Pairs labelled by the judge: {summary['pairs']}; reward model held-out pairwise accuracy: {f(acc)}.",
+        "",
+        "| | trained policy | initial policy |", "|---|---|---|",
+        f"| reward model score | {f(pol.get('reward/mean'))} | {f(ref.get('reward/mean'))} |",
+        f"| gold score | {f(pol.get('gold/mean'))} | {f(ref.get('gold/mean'))} |",
+        f"| response length (tokens) | {f(pol.get('response/length_mean'))} | {f(ref.get('response/length_mean'))} |",
+        f"| KL to the initial policy, k1 / k3 (nats) | {f(pol.get('kl/k1_seq'))} / {f(pol.get('kl/k3_seq'))} | 0 |",
+        "",
+    ]
+    if wr:
+        lo, hi = wr.get("ci95", [None, None])
+        lines.append(f"Win-rate of the trained policy against the initial one ({wr.get('judge')}): {f(wr.get('win_rate'))} "
+                     f"(95% interval {f(lo)} to {f(hi)}; {wr.get('wins')} wins, {wr.get('ties')} ties, "
+                     f"{wr.get('losses')} losses).")
+    lines.append(f"\nStage times (s, as first computed): {summary['seconds']}; reused by this run: "
+                 f"{', '.join(summary.get('reused', [])) or 'none'}.")
+    with open(report, "a") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 def _print_summary(summary: dict, report: Path) -> None:

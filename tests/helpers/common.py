@@ -1,0 +1,26 @@
+"""Small helpers the test files share."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def override(cfg, **over):
+    """Set nested config fields by dotted name: override(cfg, **{"optim.lr": 1e-3})."""
+    for key, value in over.items():
+        obj = cfg
+        *path, last = key.split(".")
+        for p in path:
+            obj = getattr(obj, p)
+        setattr(obj, last, value)
+    return cfg
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def read_metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
