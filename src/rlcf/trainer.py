@@ -21,6 +21,7 @@ from .losses import get_algorithm
 from .models import build_models
 from .rewards import RewardScaler, RewardSource, check_scores, load_callable
 from .rollout import RolloutEngine, Timings
+from .stages import encode_response, right_pad
 from .types import AdvantageInput, LossBatch
 
 
@@ -129,7 +130,7 @@ def train(cfg: TrainConfig) -> Path:
         else:
             rollout = engine.from_data(
                 [prompts[i].text for i in idx], [offline_rows[i]["response"] for i in idx], ids, mask,
-                right_pad([response_ids[i] for i in idx], tokenizer.pad_token_id).to(accelerator.device),
+                right_pad([response_ids[i] for i in idx], tokenizer.pad_token_id)[0].to(accelerator.device),
                 torch.tensor([offline_rows[i]["reward"] for i in idx]), timings)
         resp_mask = rollout.response_mask
 
@@ -233,15 +234,10 @@ def tokenize_responses(responses: list[str], tokenizer, max_tokens: int, source:
     """Token ids of each fixed response with EOS appended (the response ends there, as a sampled one would)."""
     out = []
     for i, text in enumerate(responses):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = encode_response(tokenizer, text)
         check_length(len(ids), max_tokens, f"{source}, row {i + 1}, field 'response'", "--rollout.max-new-tokens")
         out.append(ids)
     return out
-
-
-def right_pad(batch: list[list[int]], pad_id: int) -> torch.Tensor:
-    width = max(len(x) for x in batch)
-    return torch.tensor([x + [pad_id] * (width - len(x)) for x in batch], dtype=torch.long)
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
