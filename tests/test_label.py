@@ -30,7 +30,7 @@ def test_noisy_judge_follows_the_bradley_terry_probability():
 
 
 def label_config(model_dir, prompts_file, out, **kw) -> LabelConfig:
-    cfg = LabelConfig(prompts=prompts_file, judge="helpers.vowel_reward:reward", output=str(out), **kw)
+    cfg = LabelConfig(prompts=prompts_file, output=str(out), **{"judge": "helpers.vowel_reward:reward", **kw})
     cfg.model.name_or_path = model_dir
     cfg.rollout.max_new_tokens = 8
     return cfg
@@ -66,3 +66,24 @@ def test_label_cli_and_bad_judge(tiny_model_dir, prompts_file, tmp_path, capsys)
     rc = main(["label", "--model.name-or-path", tiny_model_dir, "--prompts", prompts_file, "--judge", "nope.module:f",
                "--output", str(out)])
     assert rc == 2 and "cannot import module 'nope.module'" in capsys.readouterr().err
+
+
+def test_label_with_a_reward_model_judge(tiny_model_dir, prompts_file, tmp_path):
+    """--judge-model: the pairs are judged by an HF reward model; its stored scores are its own scores."""
+    from rlcf.config import RMConfig
+    from rlcf.rewards import RewardSource
+    from rlcf.rm import run_rm
+
+    pairs = [{"prompt": "say something", "chosen": "aeiou aeiou", "rejected": "rhythm myth"}] * 8
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    rm = run_rm(RMConfig(model=tiny_model_dir, data=str(data), output_dir=str(tmp_path / "rm"), eval_fraction=0.0,
+                         progress=False, save_every=0))
+    cfg = label_config(tiny_model_dir, prompts_file, tmp_path / "labelled.jsonl", judge=None, judge_model=str(rm),
+                       drop_ties=False)
+    rows = [json.loads(line) for line in run_label(cfg).read_text().splitlines()]
+    scorer = RewardSource(model=str(rm))
+    for r in rows:
+        got = scorer([r["prompt"]] * 2, [r["chosen"], r["rejected"]]).tolist()
+        assert got == pytest.approx([r["chosen_score"], r["rejected_score"]], abs=1e-4)
+        assert r["chosen_score"] >= r["rejected_score"]
