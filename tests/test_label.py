@@ -87,3 +87,4 @@ def test_label_with_a_reward_model_judge(tiny_model_dir, prompts_file, tmp_path)
         got = scorer([r["prompt"]] * 2, [r["chosen"], r["rejected"]]).tolist()
         assert got == pytest.approx([r["chosen_score"], r["rejected_score"]], abs=1e-4)
         assert r["chosen_score"] >= r["rejected_score"]
+

@@ -144,7 +144,9 @@ class RolloutConfig:
     max_new_tokens: int = 48
     """Longest response, in tokens."""
     max_prompt_tokens: int = 256
-    """Prompts longer than this (after the chat template) are an error."""
+    """Longest prompt in tokens (after the chat template); what happens to longer ones is long_prompts'."""
+    long_prompts: Literal["error", "skip"] = "error"
+    """error: a prompt over max_prompt_tokens stops the run, naming its row; skip: such prompts are left out (counted)."""
     temperature: float = 1.0
     """Sampling temperature."""
     top_k: int = 0

@@ -163,6 +163,24 @@ def tokenize_prompts(prompts: list[Prompt], tokenizer, max_tokens: int, chat_tem
     return out
 
 
+def prepare_prompts(prompts: list[Prompt], tokenizer, max_tokens: int, chat_template: str = "auto",
+                    source: str = "prompts", long_prompts: str = "error") -> tuple[list[Prompt], list[list[int]]]:
+    """The prompts and their token ids. long_prompts='error': a prompt over max_tokens is an error naming its row;
+    'skip': such prompts are left out and counted (long dialogues in HH-style data, which the seeds truncated)."""
+    if long_prompts == "error":
+        return prompts, tokenize_prompts(prompts, tokenizer, max_tokens, chat_template, source)
+    if long_prompts != "skip":
+        raise ValueError(f"rollout.long_prompts={long_prompts!r}: choose error or skip")
+    ids = tokenize_prompts(prompts, tokenizer, 1 << 62, chat_template, source)
+    keep = [i for i, x in enumerate(ids) if len(x) <= max_tokens]
+    if not keep:
+        raise DataError(f"{source}: all {len(ids)} prompts are over {max_tokens} tokens; raise --rollout.max-prompt-tokens")
+    if len(keep) < len(ids):
+        print(f"{source}: left out {len(ids) - len(keep)} of {len(ids)} prompts over {max_tokens} tokens "
+              "(rollout.long_prompts=skip)", flush=True)
+    return [prompts[i] for i in keep], [ids[i] for i in keep]
+
+
 def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(x) for x in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)

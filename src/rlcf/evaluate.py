@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .config import EvalConfig, RolloutConfig
-from .data import DataError, Prompt, left_pad, load_prompts, tokenize_prompts
+from .data import DataError, Prompt, left_pad, load_prompts, prepare_prompts
 from .judges import Judge, make_judge
 from .kl import kl_estimate
 from .models import PolicyModels, _token_logprobs, load_causal_lm, load_tokenizer
@@ -173,7 +173,8 @@ def evaluate(policy, reference, tokenizer, prompts: Sequence[Prompt | str], roll
     pad_id = tokenizer.pad_token_id
     eos_ids = eos_token_ids(tokenizer, policy) | eos_token_ids(tokenizer, reference)
 
-    prompt_ids = tokenize_prompts(prompts, tokenizer, rollout.max_prompt_tokens, chat_template, source)
+    prompts, prompt_ids = prepare_prompts(prompts, tokenizer, rollout.max_prompt_tokens, chat_template, source,
+                                          rollout.long_prompts)
     query_ids, query_mask = left_pad([ids for ids in prompt_ids for _ in range(k)], pad_id)
     query_ids, query_mask = query_ids.to(device), query_mask.to(device)
     texts = [p.text for p in prompts for _ in range(k)]

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .config import LabelConfig, to_dict
-from .data import left_pad, load_prompts, tokenize_prompts
+from .data import left_pad, load_prompts, prepare_prompts
 from .models import load_causal_lm, load_tokenizer
 from .rewards import RewardSource
 from .rollout import decode_responses, eos_token_ids, response_mask_from_ids, sample_responses
@@ -48,7 +48,8 @@ def run_label(cfg: LabelConfig) -> Path:
     policy = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
     policy.eval()
     eos = eos_token_ids(tokenizer, policy)
-    prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template, cfg.prompts)
+    prompts, prompt_ids = prepare_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template,
+                                          cfg.prompts, cfg.rollout.long_prompts)
 
     rows, n_ties, t0 = [], 0, time.perf_counter()
     per_call = max(1, cfg.rollout.prompts_per_step)

@@ -15,7 +15,7 @@ import yaml
 
 from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_dict
-from .data import Prompt, check_length, left_pad, load_prompts, load_records, tokenize_prompts
+from .data import Prompt, check_length, left_pad, load_prompts, load_records, prepare_prompts, tokenize_prompts
 from .kl import kl_estimate, make_kl_controller
 from .losses import get_algorithm
 from .models import build_models
@@ -79,7 +79,11 @@ def train(cfg: TrainConfig) -> Path:
     models = build_models(cfg.model, cfg.model.critic if algo.needs_critic else None)
     tokenizer = models.tokenizer
     source = cfg.offline_data or cfg.prompts
-    prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template, source)
+    if offline_rows is None:
+        prompts, prompt_ids = prepare_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template,
+                                              source, cfg.rollout.long_prompts)
+    else:  # offline rows pair a prompt with its response and reward: a long one is an error, never dropped silently
+        prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template, source)
     if offline_rows is not None:
         response_ids = tokenize_responses([r["response"] for r in offline_rows], tokenizer, cfg.rollout.max_new_tokens,
                                           source)
