@@ -52,7 +52,7 @@ def capture_models(monkeypatch):
 @pytest.mark.parametrize("mode", ["copy", "top_blocks", "lora"])
 def test_dpo_raises_the_margin_and_the_reference_stays_frozen(tiny_model_dir, tmp_path, capture_models, mode):
     from rlcf.models import load_causal_lm, load_tokenizer
-    from rlcf.stages import response_logprobs
+    from rlcf.models import response_logprobs
 
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs(32, seed=0))
     lr = 1e-2 if mode == "lora" else 3e-3

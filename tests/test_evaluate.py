@@ -12,10 +12,10 @@ import torch
 
 from rlcf.config import EvalConfig, JudgeConfig, RolloutConfig
 from rlcf.data import left_pad
-from rlcf.evaluate import (evaluate, mean_stderr, run_eval, sample_responses, sequence_kl, token_logprobs,
+from rlcf.evaluate import (evaluate, mean_stderr, run_eval, sequence_kl, token_logprobs,
                            wilson_interval, win_rate_summary)
 from rlcf.judges import ScoreJudge
-from rlcf.rollout import response_mask_from_ids
+from rlcf.rollout import response_mask_from_ids, sample_responses
 
 PAD, EOS, VOCAB, T = 0, 1, 6, 3
 PROMPTS = [[2, 3, 4], [5, 2]]  # different lengths, so the batch is left-padded

@@ -58,7 +58,7 @@ def test_batched_logprobs_match_slow_per_row(tiny_model_dir, mode):
     models = build_models(ModelConfig(name_or_path=tiny_model_dir, reference=mode, trainable_blocks=1), None)
     tok = models.tokenizer
     prompts, responses, q_ids, q_mask, r_ids, r_mask = _toy_batch(tok)
-    logprobs, ref, _ = models.old_and_ref_logprobs(q_ids, q_mask, r_ids, r_mask)
+    logprobs, ref, _, _ = models.old_and_ref_logprobs(q_ids, q_mask, r_ids, r_mask)
     plain = load_causal_lm(tiny_model_dir)
     for i, (p, r) in enumerate(zip(prompts, responses)):
         n = int(r_mask[i].sum())
@@ -71,11 +71,11 @@ def test_batched_logprobs_match_slow_per_row(tiny_model_dir, mode):
 def test_reference_stays_at_the_initial_policy_when_the_policy_moves(tiny_model_dir, mode):
     models = build_models(ModelConfig(name_or_path=tiny_model_dir, reference=mode, trainable_blocks=2, lora_r=4), None)
     prompts, responses, q_ids, q_mask, r_ids, r_mask = _toy_batch(models.tokenizer)
-    before, ref_before, _ = models.old_and_ref_logprobs(q_ids, q_mask, r_ids, r_mask)
+    before, ref_before, _, _ = models.old_and_ref_logprobs(q_ids, q_mask, r_ids, r_mask)
     with torch.no_grad():
         for p in models.trainable_parameters():
             p.add_(0.5 * torch.randn_like(p))
-    after, ref_after, _ = models.old_and_ref_logprobs(q_ids, q_mask, r_ids, r_mask)
+    after, ref_after, _, _ = models.old_and_ref_logprobs(q_ids, q_mask, r_ids, r_mask)
     assert (after - before).abs().max() > 1e-3, "the policy should have changed"
     torch.testing.assert_close(ref_after, ref_before, atol=1e-6, rtol=0)
     if mode == "top_blocks":  # only the top blocks and the final norm train

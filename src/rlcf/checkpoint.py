@@ -41,22 +41,35 @@ def atomic_dir(final: Path, replace: bool = True):
     os.replace(tmp, final)
 
 
-def _trainable_state(models) -> dict[str, torch.Tensor]:
-    """Every tensor that training changes: trainable parameters (and a LoRA adapter's), never the frozen copy."""
+def _trainable_state(models, state: dict | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor that training changes: trainable parameters (and a LoRA adapter's), never the frozen copy.
+    state: the full state dict when it was gathered across processes (accelerator.get_state_dict, FSDP-safe)."""
     names = {n for n, p in models.named_parameters() if p.requires_grad}
-    return {n: t.detach().contiguous().cpu() for n, t in models.state_dict().items() if n in names}
+    state = models.state_dict() if state is None else state
+    return {n: t.detach().contiguous().cpu() for n, t in state.items() if n in names}
 
 
-def save_checkpoint(out_dir: Path, step: int, models, optimizer, trainer_state: dict, keep: int = 2) -> Path:
+def save_checkpoint(out_dir: Path, step: int, models, optimizer, accelerator, trainer_state: dict,
+                    keep: int = 2) -> Path:
+    """Call on every process: the weights come from accelerate's full state dict (a collective under FSDP) and
+    every process's RNG state is kept; only the main process writes."""
     root = Path(out_dir) / CHECKPOINTS
     final = root / f"step_{step:06d}"
-    with atomic_dir(final) as tmp:
-        # named_parameters() lists a tied weight once, so safetensors never sees shared storage
-        save_file(_trainable_state(models), tmp / "trainable.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
-    for old in sorted(p for p in root.iterdir() if p.name.startswith("step_"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    inner = accelerator.unwrap_model(models)
+    full = accelerator.get_state_dict(models) if accelerator.num_processes > 1 else None
+    rng = [torch.get_rng_state()]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rng = gather_object(rng)
+    if accelerator.is_main_process:
+        with atomic_dir(final) as tmp:
+            # named_parameters() lists a tied weight once, so safetensors never sees shared storage
+            save_file(_trainable_state(inner, full), tmp / "trainable.safetensors")
+            torch.save({"optimizer": optimizer.state_dict(), "torch_rng": rng}, tmp / "optim.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
+        for old in sorted(p for p in root.iterdir() if p.name.startswith("step_"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -68,7 +81,8 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, models, optimizer) -> dict:
+def load_checkpoint(path: Path, models, optimizer, rank: int = 0) -> dict:
+    """Weights, optimiser and this process's RNG state (a run resumed on fewer processes reuses rank 0's)."""
     state = load_file(Path(path) / "trainable.safetensors")
     missing = [n for n, p in models.named_parameters() if p.requires_grad and n not in state]
     if missing:
@@ -77,6 +91,7 @@ def load_checkpoint(path: Path, models, optimizer) -> dict:
     models.load_state_dict(state, strict=False)
     extra = torch.load(Path(path) / "optim.pt", weights_only=True)
     optimizer.load_state_dict(extra["optimizer"])
-    torch.set_rng_state(extra["torch_rng"])
+    rng = extra["torch_rng"]
+    rng = rng if isinstance(rng, list) else [rng]
+    torch.set_rng_state(rng[rank] if rank < len(rng) else rng[0])
     return json.loads((Path(path) / "trainer_state.json").read_text())
-

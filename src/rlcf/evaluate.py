@@ -27,6 +27,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,11 +36,12 @@ from torch import Tensor
 
 from .config import EvalConfig, RolloutConfig
 from .data import DataError, Prompt, left_pad, load_prompts, prepare_prompts
+from .generation import GenerationBackend, HFBackend, eval_mode, make_backend
 from .judges import Judge, make_judge
 from .kl import kl_estimate
-from .models import PolicyModels, _token_logprobs, load_causal_lm, load_tokenizer
+from .models import load_causal_lm, load_tokenizer, resolve_model_path, response_logprobs
 from .rewards import RewardSource, check_scores, load_callable
-from .rollout import _eval_mode, eos_token_ids, response_mask_from_ids, sample_responses
+from .rollout import eos_token_ids, response_mask_from_ids
 
 Scorer = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -54,19 +56,12 @@ def token_logprobs(model, query_ids: Tensor, query_mask: Tensor, response_ids: T
     Position ids follow the attention mask (as in generate), so left padding does not shift them.
     """
     out = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for s in range(0, query_ids.shape[0], chunk_rows):
-            out.append(_chunk_logprobs(model, query_ids[s : s + chunk_rows], query_mask[s : s + chunk_rows],
-                                       response_ids[s : s + chunk_rows], response_mask[s : s + chunk_rows], temperature))
+            out.append(response_logprobs(model, query_ids[s : s + chunk_rows], query_mask[s : s + chunk_rows],
+                                         response_ids[s : s + chunk_rows], response_mask[s : s + chunk_rows],
+                                         temperature))
     return torch.cat(out) * response_mask
-
-
-def _chunk_logprobs(model, query_ids, query_mask, response_ids, response_mask, temperature) -> Tensor:
-    input_ids, attention_mask, position_ids = PolicyModels._inputs(query_ids, query_mask, response_ids, response_mask)
-    T = response_ids.shape[1]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=T + 1, use_cache=False).logits
-    return _token_logprobs(logits[:, :-1], response_ids, temperature)
 
 
 def sequence_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -153,11 +148,14 @@ def _device(model) -> torch.device:
 def evaluate(policy, reference, tokenizer, prompts: Sequence[Prompt | str], rollout: RolloutConfig,
              samples_per_prompt: int = 1, reward: Scorer | None = None, gold: Scorer | None = None,
              judge: Judge | None = None, chat_template: str = "auto", seed: int = 0,
-             source: str = "prompts") -> EvalResult:
+             source: str = "prompts",
+             backends: dict[str, Callable[[], GenerationBackend]] | None = None) -> EvalResult:
     """Evaluate `policy` against `reference` (causal LMs sharing `tokenizer`) on `prompts`.
 
     Pass the same object as policy and reference to measure a model against itself (KL is then exactly 0).
-    The caller's torch random state is left as it was.
+    The caller's torch random state is left as it was. backends: {"policy": make, "reference": make}, each making
+    the generation backend that samples that side (default: transformers' generate on the module); one lives at
+    a time.
     """
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt={samples_per_prompt}: must be >= 1")
@@ -187,7 +185,10 @@ def evaluate(policy, reference, tokenizer, prompts: Sequence[Prompt | str], roll
     for i, (name, model) in enumerate((("policy", policy), ("reference", reference))):
         with torch.random.fork_rng(devices=forked):
             torch.manual_seed(seed * 1000003 + i)
-            response_ids = sample_responses(model, query_ids, query_mask, rollout, pad_id, eos_ids, chunk)
+            make = (backends or {}).get(name) or (lambda: HFBackend(model, pad_id, eos_ids, chunk))
+            backend = make()
+            response_ids = backend.generate(query_ids, query_mask, rollout).response_ids.to(device)
+            del backend
         mask, truncated = response_mask_from_ids(response_ids, eos_ids)
         lengths = mask.sum(1).long().tolist()
         responses = tokenizer.batch_decode([ids[:n] for ids, n in zip(response_ids, lengths)], skip_special_tokens=True)
@@ -291,8 +292,14 @@ def run_eval(cfg: EvalConfig) -> Path:
         _check_same_vocabulary(tokenizer, load_tokenizer(cfg.reference, cfg.trust_remote_code), cfg)
         reference = load_causal_lm(cfg.reference, cfg.dtype, cfg.trust_remote_code).to(device)
 
+    backends = None
+    if cfg.rollout.backend != "hf":
+        eos = eos_token_ids(tokenizer, policy) | eos_token_ids(tokenizer, reference)
+        backends = {name: partial(make_backend, cfg.rollout, None, tokenizer, eos, resolve_model_path(path), cfg.dtype,
+                                  cfg.seed * 1000003 + i, cfg.trust_remote_code)
+                    for i, (name, path) in enumerate((("policy", cfg.model), ("reference", cfg.reference)))}
     result = evaluate(policy, reference, tokenizer, prompts, cfg.rollout, cfg.samples_per_prompt, reward, gold, judge,
-                      cfg.chat_template, cfg.seed, cfg.prompts)
+                      cfg.chat_template, cfg.seed, cfg.prompts, backends)
     out = Path(cfg.output)
     samples_path = out.with_suffix(".samples.jsonl")
     report = {

@@ -19,9 +19,10 @@ import torch
 
 from .config import LabelConfig, to_dict
 from .data import left_pad, load_prompts, prepare_prompts
-from .models import load_causal_lm, load_tokenizer
+from .generation import make_backend
+from .models import load_causal_lm, load_tokenizer, resolve_model_path
 from .rewards import RewardSource
-from .rollout import decode_responses, eos_token_ids, response_mask_from_ids, sample_responses
+from .rollout import decode_responses, eos_token_ids, response_mask_from_ids
 
 
 def bradley_terry_choice(s1: torch.Tensor, s2: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
@@ -48,6 +49,8 @@ def run_label(cfg: LabelConfig) -> Path:
     policy = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
     policy.eval()
     eos = eos_token_ids(tokenizer, policy)
+    backend = make_backend(cfg.rollout, policy, tokenizer, eos, resolve_model_path(cfg.model.name_or_path),
+                           cfg.model.dtype, cfg.seed, cfg.model.trust_remote_code)
     prompts, prompt_ids = prepare_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template,
                                           cfg.prompts, cfg.rollout.long_prompts)
 
@@ -57,7 +60,7 @@ def run_label(cfg: LabelConfig) -> Path:
         # 2. two samples per prompt, on consecutive rows
         idx = list(range(start, min(start + per_call, len(prompts))))
         ids, mask = left_pad([prompt_ids[i] for i in idx for _ in range(2)], tokenizer.pad_token_id)
-        response_ids = sample_responses(policy, ids, mask, cfg.rollout, tokenizer.pad_token_id, eos)
+        response_ids = backend.generate(ids, mask, cfg.rollout).response_ids
         response_mask, truncated = response_mask_from_ids(response_ids, eos)
         texts = decode_responses(tokenizer, response_ids, response_mask)
         # 3. the judge's scores and its choice

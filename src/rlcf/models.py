@@ -134,10 +134,126 @@ def _freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / temperature)[targets], without materialising the full log-softmax."""
-    logits = logits.float() / temperature
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+_CHUNK_ELEMENTS = 1 << 24  # logits elements (64 MB in float32) handled at once
+
+
+def _row_chunks(logits: torch.Tensor):
+    per_row = max(1, logits[0].numel())
+    step = max(1, _CHUNK_ELEMENTS // per_row)
+    return [(s, min(s + step, logits.shape[0])) for s in range(0, logits.shape[0], step)]
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """log softmax(logits / temperature)[targets] without a full-vocabulary float32 log-softmax.
+
+    Forward: a logsumexp per chunk of rows. Backward: d/d logits = (onehot(target) - softmax) / temperature,
+    written chunk by chunk into the one gradient tensor, so the only [B, T, V] tensors alive are the logits
+    the model produced and their gradient (autograd's own logsumexp + gather would add two more).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature):
+        out = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+        lse = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+        for s, e in _row_chunks(logits):
+            x = logits[s:e].float()
+            if temperature != 1.0:
+                x = x / temperature
+            lse[s:e] = torch.logsumexp(x, dim=-1)
+            out[s:e] = x.gather(-1, targets[s:e].unsqueeze(-1)).squeeze(-1) - lse[s:e]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, lse = ctx.saved_tensors
+        temp = ctx.temperature
+        grad_logits = torch.empty_like(logits)
+        for s, e in _row_chunks(logits):
+            x = logits[s:e].float()
+            if temp != 1.0:
+                x = x / temp
+            g = grad[s:e].float()
+            d = torch.exp(x - lse[s:e].unsqueeze(-1)).mul_(-g.unsqueeze(-1))
+            d.scatter_add_(-1, targets[s:e].unsqueeze(-1), g.unsqueeze(-1))
+            if temp != 1.0:
+                d.div_(temp)
+            grad_logits[s:e] = d
+        return grad_logits, None, None
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature)[targets] in float32: logits [B, T, V], targets [B, T] -> [B, T]."""
+    return _TokenLogprobs.apply(logits, targets, float(temperature))
+
+
+def sequence_inputs(query_ids, query_mask, response_ids, response_mask):
+    """input_ids, attention_mask and position_ids of [prompt (left-padded) | response (right-padded)].
+    Position ids follow the attention mask, so scoring sees the positions generate() used."""
+    input_ids = torch.cat([query_ids, response_ids], dim=1)
+    attention_mask = torch.cat([query_mask, (response_mask > 0).long()], dim=1)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids, attention_mask, position_ids
+
+
+def response_logprobs(lm: nn.Module, query_ids, query_mask, response_ids, response_mask,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """[B, T] log pi(y_t | x, y_<t) of a plain causal LM on [prompt | response]: the one forward for response
+    log-probs (trainer, stages, eval). Only the T + 1 last positions go through the LM head."""
+    input_ids, attention_mask, position_ids = sequence_inputs(query_ids, query_mask, response_ids, response_mask)
+    T = response_ids.shape[1]
+    out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=T + 1,
+             use_cache=False)
+    return token_logprobs(out.logits[:, :-1], response_ids, temperature)
+
+
+class _StopForward(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def capture_block_inputs(block: nn.Module, stop: bool = False):
+    """Record the hidden state each call of `block` receives (a list, one [B, L, H] tensor per call: one for a
+    full forward, the prompt then one token per step under generate()). stop=True ends the forward there:
+    wrap the call in `except _StopForward`."""
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, args, kwargs):
+        captured.append((args[0] if args else kwargs["hidden_states"]).detach())
+        if stop:
+            raise _StopForward
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def run_top_blocks(model: nn.Module, blocks: nn.ModuleList, norm: nn.Module, hidden: torch.Tensor):
+    """Within the block, `model`'s forward runs only `blocks` and `norm` (instead of all its blocks and its own
+    final norm), and the first of them is fed `hidden` [B, L, H] in place of what the blocks below would have
+    computed. The model itself still builds the attention mask, position embeddings and logits, so the
+    top blocks see exactly the arguments they get in a full forward."""
+    base = model.get_decoder()
+    layers_name = next(n for n in ("layers", "h", "blocks") if isinstance(getattr(base, n, None), nn.ModuleList))
+    norm_name = next(n for n in ("norm", "ln_f", "final_layernorm") if isinstance(getattr(base, n, None), nn.Module))
+    saved = base._modules[layers_name], base._modules[norm_name]
+
+    def feed(_module, args, kwargs):
+        if args:
+            return (hidden.to(args[0].dtype),) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden.to(kwargs["hidden_states"].dtype)}
+
+    handle = blocks[0].register_forward_pre_hook(feed, with_kwargs=True)
+    base._modules[layers_name], base._modules[norm_name] = blocks, norm
+    try:
+        yield
+    finally:
+        base._modules[layers_name], base._modules[norm_name] = saved
+        handle.remove()
 
 
 class PolicyModels(nn.Module):
@@ -208,27 +324,38 @@ class PolicyModels(nn.Module):
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
 
-    @staticmethod
-    def _inputs(query_ids, query_mask, response_ids, response_mask):
-        input_ids = torch.cat([query_ids, response_ids], dim=1)
-        attention_mask = torch.cat([query_mask, (response_mask > 0).long()], dim=1)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return input_ids, attention_mask, position_ids
+    def first_trainable_block(self) -> nn.Module | None:
+        """top_blocks: the block whose input is the frozen trunk's output (captured during generation)."""
+        if self.ref_mode != "top_blocks":
+            return None
+        layers = decoder_layers(self.policy)
+        return layers[len(layers) - len(self.ref_blocks)]
 
-    def forward(self, query_ids, query_mask, response_ids, response_mask, temperature=1.0, with_values=False):
-        """Policy token log-probs [B, T] of the response, and values [B, T] when asked."""
-        input_ids, attention_mask, position_ids = self._inputs(query_ids, query_mask, response_ids, response_mask)
+    def _policy_top(self):
+        layers = decoder_layers(self.policy)
+        return nn.ModuleList(layers[len(layers) - len(self.ref_blocks) :]), final_norm(self.policy)
+
+    def forward(self, query_ids, query_mask, response_ids, response_mask, temperature=1.0, with_values=False,
+                hidden=None):
+        """Policy token log-probs [B, T] of the response, and values [B, T] when asked.
+
+        hidden (top_blocks only): the frozen trunk's output [B, Q + T, H] for these rows (`trunk_hidden`); the
+        forward then runs only the trainable top blocks, the final norm and the head on it.
+        """
+        input_ids, attention_mask, position_ids = sequence_inputs(query_ids, query_mask, response_ids, response_mask)
         T = response_ids.shape[1]
         want_hidden = with_values and self.value_head is not None
-        out = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            logits_to_keep=T + 1,
-            output_hidden_states=want_hidden,
-            use_cache=False,
-        )
-        logprobs = _token_logprobs(out.logits[:, :-1], response_ids, temperature)
+        top = run_top_blocks(self.policy, *self._policy_top(), hidden) if hidden is not None else contextlib.nullcontext()
+        with top:
+            out = self.policy(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                logits_to_keep=T + 1,
+                output_hidden_states=want_hidden,
+                use_cache=False,
+            )
+        logprobs = token_logprobs(out.logits[:, :-1], response_ids, temperature)
         values = None
         if with_values:
             Q = query_ids.shape[1]
@@ -239,70 +366,51 @@ class PolicyModels(nn.Module):
         return logprobs, values
 
     @torch.no_grad()
-    def ref_logprobs(self, query_ids, query_mask, response_ids, response_mask, temperature=1.0):
+    def trunk_hidden(self, query_ids, query_mask, response_ids, response_mask):
+        """top_blocks: the input [B, Q + T, H] of the first trainable block, i.e. the frozen trunk's output.
+        Computed once per rollout batch; every epoch and minibatch then reruns only the top blocks on it."""
+        input_ids, attention_mask, position_ids = sequence_inputs(query_ids, query_mask, response_ids, response_mask)
+        with capture_block_inputs(self.first_trainable_block(), stop=True) as captured:
+            try:
+                self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False)
+            except _StopForward:
+                pass
+        return captured[0]
+
+    @torch.no_grad()
+    def ref_logprobs(self, query_ids, query_mask, response_ids, response_mask, temperature=1.0, hidden=None):
         """Reference token log-probs [B, T] of the response; frozen, no gradient."""
         if self.ref_mode == "copy":
-            return self._ref_copy(query_ids, query_mask, response_ids, response_mask, temperature)
+            return response_logprobs(self.reference, query_ids, query_mask, response_ids, response_mask, temperature)
         if self.ref_mode == "lora":
             with self.policy.disable_adapter():
                 return self.forward(query_ids, query_mask, response_ids, response_mask, temperature)[0]
-        return self._ref_top_blocks(query_ids, query_mask, response_ids, response_mask, temperature)
-
-    def _ref_copy(self, query_ids, query_mask, response_ids, response_mask, temperature):
-        input_ids, attention_mask, position_ids = self._inputs(query_ids, query_mask, response_ids, response_mask)
+        if hidden is None:
+            hidden = self.trunk_hidden(query_ids, query_mask, response_ids, response_mask)
+        input_ids, attention_mask, position_ids = sequence_inputs(query_ids, query_mask, response_ids, response_mask)
         T = response_ids.shape[1]
-        out = self.reference(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=T + 1, use_cache=False
-        )
-        return _token_logprobs(out.logits[:, :-1], response_ids, temperature)
+        with run_top_blocks(self.policy, self.ref_blocks, self.ref_norm, hidden):
+            out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              logits_to_keep=T + 1, use_cache=False)
+        return token_logprobs(out.logits[:, :-1], response_ids, temperature)
 
     @torch.no_grad()
-    def old_and_ref_logprobs(self, query_ids, query_mask, response_ids, response_mask, temperature=1.0, with_values=False):
-        """One pass for pi_old (and values), one for pi_ref; top_blocks shares the frozen trunk's pass."""
-        if self.ref_mode != "top_blocks":
-            logprobs, values = self.forward(query_ids, query_mask, response_ids, response_mask, temperature, with_values)
-            ref = self.ref_logprobs(query_ids, query_mask, response_ids, response_mask, temperature)
-            return logprobs, ref, values
-        with self._capture_top_inputs() as captured:
-            logprobs, values = self.forward(query_ids, query_mask, response_ids, response_mask, temperature, with_values)
-        ref = self._ref_from_captured(captured, response_ids, temperature)
-        return logprobs, ref, values
+    def old_and_ref_logprobs(self, query_ids, query_mask, response_ids, response_mask, temperature=1.0,
+                             with_values=False, need_old=True, hidden=None):
+        """(pi_old log-probs or None, pi_ref log-probs, values or None, trunk hidden or None), one pass each.
 
-    @contextlib.contextmanager
-    def _capture_top_inputs(self):
-        """Record the arguments each of the policy's trainable top blocks is called with."""
-        layers = decoder_layers(self.policy)
-        top = list(layers[len(layers) - len(self.ref_blocks) :])
-        captured: list[tuple[tuple, dict]] = []
-
-        def hook(_module, args, kwargs):
-            captured.append((args, kwargs))
-
-        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in top]
-        try:
-            yield captured
-        finally:
-            for h in handles:
-                h.remove()
-
-    def _ref_from_captured(self, captured, response_ids, temperature):
-        args, kwargs = captured[0]
-        hidden = args[0] if args else kwargs["hidden_states"]
-        for block, (args_i, kwargs_i) in zip(self.ref_blocks, captured):
-            kwargs_i = dict(kwargs_i)
-            if args_i:
-                out = block(hidden, *args_i[1:], **kwargs_i)
-            else:
-                kwargs_i["hidden_states"] = hidden
-                out = block(**kwargs_i)
-            hidden = out[0] if isinstance(out, tuple) else out
-        T = response_ids.shape[1]
-        hidden = self.ref_norm(hidden[:, -(T + 1) : -1])
-        logits = self.policy.get_output_embeddings()(hidden)
-        return _token_logprobs(logits, response_ids, temperature)
-
-    def _ref_top_blocks(self, query_ids, query_mask, response_ids, response_mask, temperature):
-        return self.old_and_ref_logprobs(query_ids, query_mask, response_ids, response_mask, temperature)[1]
+        need_old=False skips the policy's pass (the update takes pi_old from its own forward). top_blocks: the
+        frozen trunk runs once (or not at all when `hidden` came with the samples) and serves both.
+        """
+        if self.ref_mode == "top_blocks" and hidden is None:
+            hidden = self.trunk_hidden(query_ids, query_mask, response_ids, response_mask)
+        logprobs = values = None
+        if need_old:
+            logprobs, values = self.forward(query_ids, query_mask, response_ids, response_mask, temperature,
+                                            with_values, hidden)
+        ref = self.ref_logprobs(query_ids, query_mask, response_ids, response_mask, temperature, hidden)
+        return logprobs, ref, values, hidden
 
     def merged_policy(self):
         """The policy as a plain transformers model (a LoRA adapter merged into a copy)."""

@@ -142,15 +142,18 @@ class RewardScaler:
     def std(self) -> float:
         return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
 
-    def __call__(self, scores: Tensor) -> Tensor:
+    def __call__(self, scores: Tensor, batch: Tensor | None = None) -> Tensor:
+        """Scale `scores`; the statistics are taken from `batch` (every process's scores, gathered, so all
+        processes scale alike), by default from `scores` themselves."""
         scores = scores.clamp(-self.clip, self.clip)
+        batch = scores if batch is None else batch.clamp(-self.clip, self.clip)
         if self.scaling == "none":
             return scores
         if self.scaling == "ref":
             if self.ref_std is None:
-                self.ref_std = float(scores.std()) if scores.numel() > 1 else 1.0
+                self.ref_std = float(batch.std()) if batch.numel() > 1 else 1.0
             return scores / max(self.ref_std, 1e-8)
-        self._update(scores)
+        self._update(batch)
         return scores / max(self.std, 1e-8)
 
     def state_dict(self) -> dict:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
+import ctypes.util
+import sys
 import time
 from dataclasses import dataclass
 
@@ -10,9 +12,18 @@ import torch
 from torch import Tensor
 
 from .config import RolloutConfig
+from .generation import GenerationBackend, HFBackend, eval_mode
 from .models import PolicyModels
 from .rewards import RewardSource, RewardScaler
 from .types import Rollout
+
+_LIBC = None
+if sys.platform.startswith("linux"):
+    try:
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        _LIBC.malloc_trim  # noqa: B018 (glibc only; musl has none)
+    except (OSError, AttributeError):
+        _LIBC = None
 
 
 def response_mask_from_ids(response_ids: Tensor, eos_ids: set[int]) -> tuple[Tensor, Tensor]:
@@ -54,54 +65,20 @@ class Timings:
     logprobs: float = 0.0
 
 
-@contextlib.contextmanager
-def _plain_generation_config(model, pad_id: int, eos_ids: set[int]):
-    """Generate with ONLY the sampling settings we pass: a model's own generation_config may carry a
-    repetition penalty, min_new_tokens, suppressed tokens... that would make the samples come from a
-    distribution other than the tempered softmax the log-probs are computed under."""
-    from transformers import GenerationConfig
-
-    saved = model.generation_config
-    model.generation_config = GenerationConfig(pad_token_id=pad_id, eos_token_id=sorted(eos_ids),
-                                               bos_token_id=saved.bos_token_id)
-    try:
-        yield
-    finally:
-        model.generation_config = saved
-
-
-@contextlib.contextmanager
-def _eval_mode(*models):
-    """Dropout off while sampling and scoring; each model's train/eval mode is restored after."""
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
-
-
-@torch.no_grad()
 def sample_responses(model, query_ids: Tensor, query_mask: Tensor, rollout: RolloutConfig, pad_id: int,
                      eos_ids: set[int], chunk_rows: int | None = None) -> Tensor:
-    """Response ids [B, T] sampled for left-padded prompts [B, Q]; right-padded with pad_id after EOS.
-    The one sampler of the RL loop, `rlcf label` and `rlcf eval`.
+    """Response ids [B, T] sampled by transformers' generate() (the hf backend) for left-padded prompts [B, Q].
+    Uses the torch random state: seed it (or fork it) around the call."""
+    backend = HFBackend(model, pad_id, eos_ids, chunk_rows or rollout.generation_chunk)
+    return backend.generate(query_ids, query_mask, rollout).response_ids
 
-    Sampling: temperature, top_k, top_p and max_new_tokens of `rollout`, nothing else. Uses the torch
-    random state: seed it (or fork it) around the call.
-    """
-    chunk_rows = chunk_rows or rollout.generation_chunk
-    chunks = []
-    with _eval_mode(model), _plain_generation_config(model, pad_id, eos_ids):
-        for s in range(0, query_ids.shape[0], chunk_rows):
-            q, m = query_ids[s : s + chunk_rows], query_mask[s : s + chunk_rows]
-            out = model.generate(input_ids=q, attention_mask=m, do_sample=True, temperature=rollout.temperature,
-                                 top_k=rollout.top_k, top_p=rollout.top_p, max_new_tokens=rollout.max_new_tokens)
-            chunks.append(out[:, q.shape[1] :])
-    width = max(c.shape[1] for c in chunks)
-    return torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad_id) for c in chunks])
+
+def release_memory() -> None:
+    """Give freed memory back to the system between phases: generation's cache is gone before the update's
+    activations are allocated (glibc keeps freed blocks in its arenas, and the resident size would grow).
+    No gc.collect(): tensors are freed by reference counting, and a full collection costs seconds in a big process."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def decode_responses(tokenizer, response_ids: Tensor, response_mask: Tensor) -> list[str]:
@@ -111,7 +88,10 @@ def decode_responses(tokenizer, response_ids: Tensor, response_mask: Tensor) -> 
 
 
 class RolloutEngine:
-    def __init__(self, models: PolicyModels, reward: RewardSource, scaler: RewardScaler, cfg: RolloutConfig, with_values: bool):
+    """Samples through a generation backend, scores, and computes the log-probs the update needs."""
+
+    def __init__(self, models: PolicyModels, reward: RewardSource | None, scaler: RewardScaler, cfg: RolloutConfig,
+                 with_values: bool, backend: GenerationBackend | None = None):
         self.models = models
         self.reward = reward
         self.scaler = scaler
@@ -119,21 +99,25 @@ class RolloutEngine:
         self.with_values = with_values
         self.tokenizer = models.tokenizer
         self.eos_ids = eos_token_ids(self.tokenizer, models._base_policy())
+        self.backend = backend or HFBackend(models.policy, self.tokenizer.pad_token_id, self.eos_ids,
+                                            cfg.generation_chunk)
+        self.gather = lambda t: t  # all processes' rows of a tensor (the trainer sets accelerator.gather)
 
     @torch.no_grad()
-    def run(self, prompts: list[str], query_ids: Tensor, query_mask: Tensor, unwrapped_policy, timings: Timings) -> Rollout:
-        """prompts/query_* hold one row per prompt; each is repeated K times on consecutive rows."""
+    def run(self, prompts: list[str], query_ids: Tensor, query_mask: Tensor, timings: Timings,
+            need_old: bool = True) -> Rollout:
+        """prompts/query_* hold one row per prompt; each is repeated K times on consecutive rows.
+        need_old=False: leave logprobs (and values) to the update's own forward (a rollout used exactly once)."""
         k = self.cfg.group_size
         prompts_k = [p for p in prompts for _ in range(k)]
         query_ids = query_ids.repeat_interleave(k, dim=0)
         query_mask = query_mask.repeat_interleave(k, dim=0)
 
-        # 1. sample
+        # 1. sample (top_blocks: the frozen trunk's output is recorded on the way, when the backend can)
         t0 = time.perf_counter()
-        was_training = self.models.training
-        self.models.eval()
-        response_ids = sample_responses(unwrapped_policy, query_ids, query_mask, self.cfg, self.tokenizer.pad_token_id,
-                                        self.eos_ids)
+        with eval_mode(self.models):
+            gen = self.backend.generate(query_ids, query_mask, self.cfg, capture=self.models.first_trainable_block())
+        response_ids = gen.response_ids.to(query_ids.device)
         response_mask, truncated = response_mask_from_ids(response_ids, self.eos_ids)
         timings.generate += time.perf_counter() - t0
 
@@ -142,44 +126,43 @@ class RolloutEngine:
         responses = decode_responses(self.tokenizer, response_ids, response_mask)
         raw = self.reward(prompts_k, responses)
         timings.score += time.perf_counter() - t0
-        rollout = self.complete(prompts_k, responses, query_ids, query_mask, response_ids, response_mask, truncated, raw,
-                                k, timings)
-        if was_training:
-            self.models.train()
+        with eval_mode(self.models):
+            rollout = self.complete(prompts_k, responses, query_ids, query_mask, response_ids, response_mask,
+                                    truncated, raw, k, timings, need_old, gen.hidden)
+        if gen.logprobs is not None:
+            rollout.sampler_logprobs = gen.logprobs.to(response_mask.device) * response_mask
         return rollout
 
     @torch.no_grad()
     def from_data(self, prompts: list[str], responses: list[str], query_ids: Tensor, query_mask: Tensor,
-                  response_ids: Tensor, rewards: Tensor, timings: Timings) -> Rollout:
+                  response_ids: Tensor, rewards: Tensor, timings: Timings, need_old: bool = True) -> Rollout:
         """A rollout made of fixed (prompt, response, reward) rows (offline APA/AWR): nothing is sampled, the
         responses' log-probs under the current policy play pi_old's part. response_ids end with EOS."""
-        was_training = self.models.training
-        self.models.eval()
         response_mask, truncated = response_mask_from_ids(response_ids, self.eos_ids)
-        rollout = self.complete(prompts, responses, query_ids, query_mask, response_ids, response_mask, truncated,
-                                rewards, 1, timings)
-        if was_training:
-            self.models.train()
-        return rollout
+        with eval_mode(self.models):
+            return self.complete(prompts, responses, query_ids, query_mask, response_ids, response_mask, truncated,
+                                 rewards, 1, timings, need_old)
 
     def complete(self, prompts, responses, query_ids, query_mask, response_ids, response_mask, truncated, raw, k,
-                 timings) -> Rollout:
-        """Preprocess the scores, then old and reference log-probs (and values) in bounded chunks."""
+                 timings, need_old: bool = True, hidden: Tensor | None = None) -> Rollout:
+        """Preprocess the scores, then reference (and old, values) log-probs in bounded chunks."""
         scores = raw.clone()
         if self.cfg.missing_eos_penalty is not None:
             scores = scores - self.cfg.missing_eos_penalty * truncated.float()
-        scores = self.scaler(scores)
+        scores = self.scaler(scores, self.gather(scores))
         t0 = time.perf_counter()
-        logprobs, ref_logprobs, values = [], [], []
+        logprobs, ref_logprobs, values, hiddens = [], [], [], []
         n = self.cfg.forward_chunk
         for s in range(0, response_ids.shape[0], n):
-            lp, ref, v = self.models.old_and_ref_logprobs(
+            lp, ref, v, h = self.models.old_and_ref_logprobs(
                 query_ids[s : s + n], query_mask[s : s + n], response_ids[s : s + n], response_mask[s : s + n],
-                self.cfg.temperature, self.with_values,
+                self.cfg.temperature, self.with_values and need_old, need_old,
+                None if hidden is None else hidden[s : s + n],
             )
             logprobs.append(lp)
             ref_logprobs.append(ref)
             values.append(v)
+            hiddens.append(h)
         timings.logprobs += time.perf_counter() - t0
         mask = response_mask
         return Rollout(
@@ -187,13 +170,14 @@ class RolloutEngine:
             query_mask=query_mask,
             response_ids=response_ids,
             response_mask=mask,
-            logprobs=torch.cat(logprobs) * mask,
+            logprobs=torch.cat(logprobs) * mask if need_old else None,
             ref_logprobs=torch.cat(ref_logprobs) * mask,
             scores=scores,
             raw_scores=raw,
             group_size=k,
-            values=torch.cat(values) * mask if self.with_values else None,
+            values=torch.cat(values) * mask if self.with_values and need_old else None,
             prompts=list(prompts),
             responses=list(responses),
             truncated=truncated,
+            trunk_hidden=torch.cat(hiddens) if hiddens[0] is not None else None,
         )

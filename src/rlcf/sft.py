@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from .config import ModelConfig, SFTConfig
 from .data import DataError, check_length, left_pad, load_records, load_rows, parse_columns
 from .losses import sft_loss
-from .stages import Stage, encode_prompt, encode_response, response_logprobs, right_pad, run_stage, use_chat_template
+from .models import response_logprobs
+from .stages import Stage, encode_prompt, encode_response, right_pad, run_stage, use_chat_template
 
 FIELDS = ("prompt", "completion", "messages")
 

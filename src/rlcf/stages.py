@@ -28,6 +28,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from .accel import make_accelerator
 from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import to_dict
 from .data import DataError
@@ -78,15 +79,13 @@ def epoch_plan(train_idx: list[int], epoch: int, seed: int, minibatch: int, grad
 def run_stage(cfg, stage: Stage) -> Path:
     """Train `stage.model` on `stage.rows` as configured by cfg (an SFTConfig, RMConfig or DPOStageConfig:
     optim, seed, eval_fraction, output_dir, save_every, resume, progress) and return the final model's folder."""
-    from accelerate import Accelerator
-
     opt = cfg.optim
     if opt.epochs < 1 or opt.minibatch_prompts < 1 or opt.grad_accum < 1:
         raise ValueError(f"optim.epochs={opt.epochs}, optim.minibatch_prompts={opt.minibatch_prompts} and "
                          f"optim.grad_accum={opt.grad_accum} must all be at least 1")
     out = Path(cfg.output_dir)
     # optim.mixed_precision autocasts every loss_fn call (the reference's passes too); weights keep model.dtype
-    accelerator = Accelerator(mixed_precision=getattr(opt, "mixed_precision", "no"))
+    accelerator = make_accelerator(mixed_precision=getattr(opt, "mixed_precision", "no"))
     main = accelerator.is_main_process
 
     # 1. held-out split, and the length of the run in optimiser steps
@@ -103,7 +102,7 @@ def run_stage(cfg, stage: Stage) -> Path:
     start_step = 0
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
-        start_step = load_checkpoint(ckpt, stage.model, optimizer)["step"]
+        start_step = load_checkpoint(ckpt, stage.model, optimizer, accelerator.process_index)["step"]
         accelerator.print(f"resumed from {ckpt} (step {start_step} of {total_steps})")
     model, optimizer = accelerator.prepare(stage.model, optimizer)
     inner = accelerator.unwrap_model(model)
@@ -186,8 +185,8 @@ def run_stage(cfg, stage: Stage) -> Path:
             first_loss = next((key for key in record if key.startswith("loss/")), None)
             if first_loss:
                 bar.set_postfix(loss=f"{record[first_loss]:.4f}")
-        if main and ((cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total_steps):
-            save_checkpoint(out, step + 1, inner, optimizer, {"epoch": epoch + 1, "stage": stage.name})
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total_steps:
+            save_checkpoint(out, step + 1, model, optimizer, accelerator, {"epoch": epoch + 1, "stage": stage.name})
         accelerator.wait_for_everyone()
     if bar is not None:
         bar.close()
@@ -252,17 +251,3 @@ def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
         ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
         mask[i, : len(x)] = 1
     return ids, mask
-
-
-def response_logprobs(lm: nn.Module, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor,
-                      response_mask: Tensor) -> Tensor:
-    """[B, T] log pi(y_t | x, y_<t) of a causal LM on [prompt (left-padded) | response (right-padded)], with
-    position ids that follow the attention mask, as PolicyModels.forward computes them for the policy."""
-    from .models import PolicyModels, _token_logprobs
-
-    input_ids, attention_mask, position_ids = PolicyModels._inputs(query_ids, query_mask, response_ids, response_mask)
-    T = response_ids.shape[1]
-    out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=T + 1,
-             use_cache=False)
-    return _token_logprobs(out.logits[:, :-1], response_ids, 1.0)
-

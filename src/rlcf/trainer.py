@@ -13,14 +13,16 @@ from pathlib import Path
 import torch
 import yaml
 
+from .accel import make_accelerator
 from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_dict
 from .data import Prompt, check_length, left_pad, load_prompts, load_records, prepare_prompts, tokenize_prompts
 from .kl import kl_estimate, make_kl_controller
 from .losses import get_algorithm
-from .models import build_models
+from .generation import make_backend
+from .models import build_models, resolve_model_path
 from .rewards import RewardScaler, RewardSource, check_scores, load_callable
-from .rollout import RolloutEngine, Timings
+from .rollout import RolloutEngine, Timings, eos_token_ids, release_memory
 from .stages import encode_response, right_pad
 from .types import AdvantageInput, LossBatch
 
@@ -43,25 +45,35 @@ class PromptSampler:
 
 
 def _mean_metrics(history: list[dict]) -> dict:
-    keys = {k for m in history for k in m}
-    return {k: float(torch.stack([m[k].float() for m in history if k in m]).mean()) for k in keys}
+    # sorted: every process must reduce the same keys in the same order (set order differs between processes)
+    keys = sorted({k for m in history for k in m})
+    return {k: torch.stack([m[k].float() for m in history if k in m]).mean() for k in keys}
 
 
-def save_model(models, out: Path) -> None:
-    """The policy as a plain transformers folder (safetensors), written elsewhere and renamed into place."""
+def save_model(models, out: Path, state_dict: dict | None = None) -> None:
+    """The policy as a plain transformers folder (safetensors), written elsewhere and renamed into place.
+    state_dict: the policy's full state dict when it was gathered from several processes (FSDP)."""
     with atomic_dir(out) as tmp:
-        models.merged_policy().save_pretrained(tmp)
+        if state_dict is None:
+            models.merged_policy().save_pretrained(tmp)
+        else:
+            models.policy.save_pretrained(tmp, state_dict=state_dict)
         models.tokenizer.save_pretrained(tmp)
 
 
+def single_pass(cfg: TrainConfig) -> bool:
+    """True when each rollout batch feeds exactly one forward and one optimiser step (one epoch, one minibatch):
+    the sampling policy is then the current one, and pi_old (and V_old) come from the update's own forward."""
+    return cfg.optim.epochs == 1 and cfg.optim.minibatch_prompts >= cfg.rollout.prompts_per_step and cfg.optim.grad_accum == 1
+
+
 def train(cfg: TrainConfig) -> Path:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     algo = get_algorithm(cfg.algo)
     acfg = cfg.algo_config()
     out = Path(cfg.output_dir)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=cfg.optim.mixed_precision)
+    accelerator = make_accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=cfg.optim.mixed_precision)
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -102,14 +114,20 @@ def train(cfg: TrainConfig) -> Path:
     start_step = 0
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, models, optimizer)
+        state = load_checkpoint(ckpt, models, optimizer, accelerator.process_index)
         start_step = state["step"]
         kl_ctl.load_state_dict(state["kl_controller"])
         scaler.load_state_dict(state["reward_scaler"])
         accelerator.print(f"resumed from {ckpt} (step {start_step})")
     models, optimizer = accelerator.prepare(models, optimizer)
     inner = accelerator.unwrap_model(models)
-    engine = RolloutEngine(inner, reward, scaler, cfg.rollout, with_values=algo.needs_critic)
+    eos_ids = eos_token_ids(tokenizer, inner._base_policy())
+    backend = make_backend(cfg.rollout, inner.policy, tokenizer, eos_ids, resolve_model_path(cfg.model.name_or_path),
+                           cfg.model.dtype, cfg.seed + accelerator.process_index, cfg.model.trust_remote_code)
+    if ckpt is not None and backend.name != "hf":
+        backend.update_weights(inner.merged_policy())
+    engine = RolloutEngine(inner, reward, scaler, cfg.rollout, with_values=algo.needs_critic, backend=backend)
+    engine.gather = accelerator.gather
     sampler = PromptSampler(len(prompts), cfg.rollout.prompts_per_step, cfg.seed, accelerator.process_index,
                             accelerator.num_processes)
     metrics_path = out / "metrics.jsonl"
@@ -122,21 +140,33 @@ def train(cfg: TrainConfig) -> Path:
 
         bar = tqdm(total=cfg.steps, initial=start_step, desc=f"rlcf {cfg.algo}", dynamic_ncols=True)
     k = 1 if offline_rows is not None else cfg.rollout.group_size
+    once = single_pass(cfg)
+    trained_names = [n for n, p in inner.policy.named_parameters() if p.requires_grad]
     for step in range(start_step, cfg.steps):
         t_step = time.perf_counter()
         timings = Timings()
-        # 1. rollout: K samples per prompt, scores, old/ref log-probs (and values); offline: a batch of data rows
+        # 1. rollout: K samples per prompt, scores, reference log-probs (and pi_old, values unless the update's own
+        #    forward gives them); offline: a batch of data rows
         idx = sampler.batch(step)
         ids, mask = left_pad([prompt_ids[i] for i in idx], tokenizer.pad_token_id)
         ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
         if offline_rows is None:
-            rollout = engine.run([prompts[i].text for i in idx], ids, mask, inner.policy, timings)
+            rollout = engine.run([prompts[i].text for i in idx], ids, mask, timings, need_old=not once)
         else:
             rollout = engine.from_data(
                 [prompts[i].text for i in idx], [offline_rows[i]["response"] for i in idx], ids, mask,
                 right_pad([response_ids[i] for i in idx], tokenizer.pad_token_id)[0].to(accelerator.device),
-                torch.tensor([offline_rows[i]["reward"] for i in idx]), timings)
+                torch.tensor([offline_rows[i]["reward"] for i in idx]), timings, need_old=not once)
+        release_memory()  # generation's cache, before the update's activations
         resp_mask = rollout.response_mask
+        models.train()
+        t0 = time.perf_counter()
+        fwd = None
+        if once:  # the sampling policy is the current one: its forward gives pi_old and V_old (detached)
+            fwd = models(rollout.query_ids, rollout.query_mask, rollout.response_ids, resp_mask,
+                         cfg.rollout.temperature, algo.needs_critic, rollout.trunk_hidden)
+            rollout.logprobs = fwd[0].detach() * resp_mask
+            rollout.values = fwd[1].detach() * resp_mask if fwd[1] is not None else None
 
         # 2. rewards: the KL of the sampling policy to the reference, with the estimator in the key
         beta = kl_ctl.value
@@ -152,17 +182,17 @@ def train(cfg: TrainConfig) -> Path:
         rollout.returns = adv_out.get("returns")
 
         # 4. epochs x minibatches of whole prompt groups
-        t0 = time.perf_counter()
-        models.train()
         history = []
         shuffle = torch.Generator().manual_seed(cfg.seed * 7919 + step)  # per step, so a resumed run matches
         for _ in range(cfg.optim.epochs):
             perm = torch.randperm(rollout.n_groups, generator=shuffle)
             for s in range(0, rollout.n_groups, cfg.optim.minibatch_prompts):
-                mb = rollout.select_groups(perm[s : s + cfg.optim.minibatch_prompts])
+                mb = rollout if fwd is not None else rollout.select_groups(perm[s : s + cfg.optim.minibatch_prompts])
                 with accelerator.accumulate(models):
-                    logprobs, values = models(mb.query_ids, mb.query_mask, mb.response_ids, mb.response_mask,
-                                              cfg.rollout.temperature, algo.needs_critic)
+                    logprobs, values = fwd if fwd is not None else models(
+                        mb.query_ids, mb.query_mask, mb.response_ids, mb.response_mask, cfg.rollout.temperature,
+                        algo.needs_critic, mb.trunk_hidden)
+                    fwd = None
                     batch = LossBatch(
                         logprobs=logprobs * mb.response_mask, old_logprobs=mb.logprobs, ref_logprobs=mb.ref_logprobs,
                         mask=mb.response_mask, group_size=k, kl_coef=beta, scores=mb.scores,
@@ -175,49 +205,67 @@ def train(cfg: TrainConfig) -> Path:
                     optimizer.step()
                     optimizer.zero_grad()
                 history.append({key: v.detach() for key, v in m.items()})
+        if backend.name != "hf":  # vllm: the next rollout samples the new policy (hf samples the module itself)
+            backend.update_weights(inner.merged_policy(), None if inner.ref_mode == "lora" else trained_names)
         t_update = time.perf_counter() - t0
-        kl_ctl.update(float(seq_kl["k1"].mean()), rollout.response_ids.shape[0])
+        release_memory()
 
-        # 5. log, checkpoint
+        # 5. log (every process's rows, gathered), checkpoint
+        g = accelerator.gather
+        all_kl = {e: g(v) for e, v in seq_kl.items()}
+        raw, scaled, lengths = g(rollout.raw_scores.float()), g(rollout.scores.float()), g(resp_mask.sum(1))
+        kl_ctl.update(float(all_kl["k1"].mean()), raw.numel())
         step_s = time.perf_counter() - t_step
         record = {"step": step + 1}
-        record.update({k_ if not k_.startswith("kl/") else "kl/update_" + k_[3:]: v for k_, v in _mean_metrics(history).items()})
-        record.update({k_: float(v) for k_, v in adv_out.items() if "/" in k_})
+        means = {k_: accelerator.reduce(v.to(accelerator.device), "mean") for k_, v in _mean_metrics(history).items()}
+        record.update({k_ if not k_.startswith("kl/") else "kl/update_" + k_[3:]: float(v) for k_, v in sorted(means.items())})
+        record.update({k_: float(accelerator.reduce(adv_out[k_].float().to(accelerator.device), "mean"))
+                       for k_ in sorted(adv_out) if "/" in k_})
         record.update({
-            "reward/mean": float(rollout.raw_scores.mean()),
-            "reward/std": float(rollout.raw_scores.std()) if rollout.raw_scores.numel() > 1 else 0.0,
-            "reward/scaled_mean": float(rollout.scores.mean()),
-            f"kl/{algo.kl_estimator}_seq": float(seq_kl.get(algo.kl_estimator, seq_kl["k1"]).mean()),
-            "kl/k1_seq": float(seq_kl["k1"].mean()),
-            "kl/k3_seq": float(seq_kl["k3"].mean()),
+            "reward/mean": float(raw.mean()),
+            "reward/std": float(raw.std()) if raw.numel() > 1 else 0.0,
+            "reward/scaled_mean": float(scaled.mean()),
+            f"kl/{algo.kl_estimator}_seq": float(all_kl.get(algo.kl_estimator, all_kl["k1"]).mean()),
+            "kl/k1_seq": float(all_kl["k1"].mean()),
+            "kl/k3_seq": float(all_kl["k3"].mean()),
             "kl/coef": beta,
-            "response/length_mean": float(resp_mask.sum(1).mean()),
-            "response/truncated_frac": float(rollout.truncated.float().mean()),
+            "response/length_mean": float(lengths.float().mean()),
+            "response/truncated_frac": float(g(rollout.truncated.float()).mean()),
             "perf/step_s": step_s,
-            "perf/samples_per_s": rollout.response_ids.shape[0] / step_s,
+            "perf/samples_per_s": raw.numel() / step_s,
             "perf/generate_s": timings.generate,
             "perf/score_s": timings.score,
             "perf/logprobs_s": timings.logprobs,
             "perf/update_s": t_update,
+            "perf/processes": accelerator.num_processes,
         })
+        if rollout.sampler_logprobs is not None:  # vllm: how far its sampling log-probs are from the policy's
+            diff = ((rollout.sampler_logprobs - rollout.logprobs).abs() * resp_mask).sum() / resp_mask.sum()
+            record["rollout/sampler_logprob_absdiff"] = float(accelerator.reduce(diff, "mean"))
         if gold is not None:
-            record["gold/mean"] = float(check_scores(gold(rollout.prompts, rollout.responses), rollout.prompts,
-                                                     rollout.responses, cfg.reward.gold).mean())
+            gold_scores = check_scores(gold(rollout.prompts, rollout.responses), rollout.prompts, rollout.responses,
+                                       cfg.reward.gold)
+            record["gold/mean"] = float(g(gold_scores.to(accelerator.device)).mean())
         if accelerator.is_main_process:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record['kl/k1_seq']:.3f}")
-            if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
-                save_checkpoint(out, step + 1, inner, optimizer,
-                                {"kl_controller": kl_ctl.state_dict(), "reward_scaler": scaler.state_dict()})
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
+            save_checkpoint(out, step + 1, models, optimizer, accelerator,
+                            {"kl_controller": kl_ctl.state_dict(), "reward_scaler": scaler.state_dict()})
         accelerator.wait_for_everyone()
     if bar is not None:
         bar.close()
     final = out / "final"
+    state = accelerator.get_state_dict(models) if accelerator.num_processes > 1 else None
     if accelerator.is_main_process:
-        save_model(inner, final)
+        if state is not None and inner.ref_mode != "lora":
+            state = {n[len("policy."):]: t for n, t in state.items() if n.startswith("policy.")}
+        else:
+            state = None
+        save_model(inner, final, state)
     accelerator.wait_for_everyone()
     return final
 

@@ -20,7 +20,7 @@ class Rollout:
     query_mask: Tensor  # [B, Q] long, 1 on real prompt tokens
     response_ids: Tensor  # [B, T] long, sampled tokens, right-padded after EOS
     response_mask: Tensor  # [B, T] float, 1 on real response tokens (a real EOS included)
-    logprobs: Tensor  # [B, T] float, log pi_old(a_t|s_t) of the sampling policy
+    logprobs: Tensor | None  # [B, T] float, log pi_old(a_t|s_t); None until the update's forward gives it
     ref_logprobs: Tensor  # [B, T] float, log pi_ref(a_t|s_t)
     scores: Tensor  # [B] float, reward after preprocessing (clip, scale, EOS penalty)
     raw_scores: Tensor  # [B] float, reward as the reward source returned it
@@ -31,6 +31,8 @@ class Rollout:
     truncated: Tensor | None = None  # [B] bool, response cut at max_new_tokens without EOS
     prompts: list[str] = field(default_factory=list)  # [B] prompt text per row
     responses: list[str] = field(default_factory=list)  # [B] decoded response per row
+    trunk_hidden: Tensor | None = None  # [B, Q + T, H] top_blocks: the frozen trunk's output (top blocks' input)
+    sampler_logprobs: Tensor | None = None  # [B, T] the generation backend's own log-probs (vllm), diagnostics
 
     @property
     def n_groups(self) -> int:
