@@ -70,7 +70,8 @@ def command_of(cls) -> str:
     return next(name for name, (c, _, _) in COMMANDS.items() if c is cls)
 
 
-ALL = sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
+ACCELERATE = sorted((CONFIGS / "accelerate").glob("*.yaml"))  # accelerate's own launch configs, not rlcf's
+ALL = [p for p in sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml")) if p not in ACCELERATE]
 PRESETS = [p for p in ALL if len(p.relative_to(CONFIGS).parts) > 1]
 
 
@@ -162,3 +163,13 @@ def test_tldr_presets():
 
 def test_demo_is_a_train_config():
     assert load("demo.yaml").algo == "p3o"
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.name)
+def test_accelerate_launch_configs_load_in_accelerate(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(path))  # raises on a key accelerate does not know
+    assert cfg.num_processes >= 2 and cfg.num_machines == 1
+    text = path.read_text()
+    assert text.startswith("#") and ("Configured, not run" in text or "Run by the test suite" in text)
