@@ -79,7 +79,7 @@ def child_bare(steps: int) -> dict:
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     policy.generation_config = GenerationConfig(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    opt = torch.optim.AdamW(policy.parameters(), lr=LR, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(policy.parameters(), lr=LR, betas=(0.9, 0.95), fused=True)
     prompts = load_prompts("train")
     out = {"steps_s": [], "phases": {"generate": [], "logprobs": [], "update": []}, "length_mean": []}
     for step in range(steps):

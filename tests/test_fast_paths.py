@@ -121,4 +121,33 @@ def test_pi_old_from_the_update_forward_matches_the_separate_pass(tiny_model_dir
     w1 = load_file(str(tmp_path / "once" / "final" / "model.safetensors"))
     w2 = load_file(str(tmp_path / "twice" / "final" / "model.safetensors"))
     for name in w1:
-        torch.testing.assert_close(w1[name], w2[name], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(w1[name], w2[name], atol=1e-4, rtol=1e-3)  # an Adam step is lr = 3e-3
+
+
+def test_inverse_cdf_sampler_draws_from_the_tempered_softmax():
+    from rlcf.generation import sample_from_logits
+
+    logits = torch.tensor([[2.0, 0.5, -1.0, 1.0, -30.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    torch.manual_seed(0)
+    draws = torch.stack([sample_from_logits(logits, 0.8) for _ in range(20000)])  # [N, 2]
+    for row in range(2):
+        freq = torch.bincount(draws[:, row], minlength=5).double() / draws.shape[0]
+        want = torch.softmax(logits[row].double() / 0.8, -1)
+        assert (freq - want).abs().max() < 0.012, (freq, want)  # 4 standard errors at N = 20000
+    assert int((draws[:, 0] == 4).sum()) == 0  # a token of probability ~1e-16 is never drawn
+
+
+def test_decode_loop_matches_transformers_generate_token_for_token_when_greedy(tiny_model_dir):
+    """At a vanishing temperature both samplers pick the argmax: the cache, positions under left padding, EOS
+    handling and padding of the decode loop must then reproduce generate()'s tokens exactly."""
+    from rlcf.generation import decode, plain_generation_config
+
+    models = build_models(ModelConfig(name_or_path=tiny_model_dir), None)
+    tok, lm = models.tokenizer, models.policy.eval()
+    q_ids, q_mask, _, _ = _batch(tok)
+    eos = {tok.eos_token_id, 5}  # a second, frequent EOS id so that some rows stop early
+    ours = decode(lm, q_ids, q_mask, RolloutConfig(max_new_tokens=12, temperature=1e-6), tok.pad_token_id, eos)
+    with torch.no_grad(), plain_generation_config(lm, tok.pad_token_id, eos):
+        ref = lm.generate(input_ids=q_ids, attention_mask=q_mask, do_sample=False, max_new_tokens=12)[:, q_ids.shape[1]:]
+    assert ours.shape == ref.shape
+    assert torch.equal(ours, ref)

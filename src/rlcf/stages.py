@@ -28,7 +28,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from .accel import make_accelerator
+from .accel import adamw, make_accelerator
 from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import to_dict
 from .data import DataError
@@ -98,7 +98,7 @@ def run_stage(cfg, stage: Stage) -> Path:
 
     # 2. optimiser; resume from the newest checkpoint (weights, optimiser and RNG state)
     params = [p for p in stage.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
+    optimizer = adamw(params, opt.lr, opt.betas, opt.weight_decay)
     start_step = 0
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:

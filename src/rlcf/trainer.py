@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .accel import make_accelerator
+from .accel import adamw, make_accelerator
 from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_dict
 from .data import Prompt, check_length, left_pad, load_prompts, load_records, prepare_prompts, tokenize_prompts
@@ -109,7 +109,7 @@ def train(cfg: TrainConfig) -> Path:
     groups = [{"params": policy_params, "lr": cfg.optim.lr}]
     if critic_params:
         groups.append({"params": critic_params, "lr": cfg.optim.critic_lr or cfg.optim.lr})
-    optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+    optimizer = adamw(groups, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
 
     start_step = 0
     ckpt = latest_checkpoint(out) if cfg.resume else None

@@ -97,6 +97,9 @@ class VLLMBackend:
         vLLM fuses q/k/v and gate/up: a block's tensors go together (top_blocks trains whole blocks)."""
         state = model.state_dict()
         keep = set(names) if names is not None else set(state)
+        # a tied head (lm_head = embed_tokens) goes under both names: vLLM keeps a packed copy of each
+        shared = {state[n].data_ptr() for n in keep if n in state}
+        keep |= {n for n, t in state.items() if t.data_ptr() in shared}
         tensors = [(n, t.detach().to("cpu" if not torch.cuda.is_available() else t.device).contiguous())
                    for n, t in state.items() if n in keep]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(tensors),

@@ -62,14 +62,18 @@ def test_samples_follow_the_sampling_settings_and_their_logprobs_match_the_polic
 
 def test_after_update_weights_vllm_samples_the_updated_policy(setup):
     models, backend, eos, q_ids, q_mask = setup
-    old = {n: p.detach().clone() for n, p in models.policy.named_parameters() if p.requires_grad}
+    # the trainable top 2 blocks and final norm, and the embedding, which the head is tied to: named_parameters()
+    # lists it once, as model.embed_tokens.weight, and the backend must push the head (lm_head.weight) with it
+    old = {n: p.detach().clone() for n, p in models.policy.named_parameters()
+           if p.requires_grad or n == "model.embed_tokens.weight"}
+    assert "lm_head.weight" not in old
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in models.policy.named_parameters():
-            if p.requires_grad:
+            if name in old:
                 p.add_(0.05 * p.std() * torch.randn(p.shape, generator=g) if p.dim() > 1 else
                        0.05 * torch.randn(p.shape, generator=g))
-    backend.update_weights(models.policy, list(old))  # only the trainable tensors: the top 2 blocks and the norm
+    backend.update_weights(models.policy, list(old))
     gen = backend.generate(q_ids, q_mask, SAMPLING)
     new_gap = _mismatch(models, gen, q_ids, q_mask, eos)
     with torch.no_grad():
