@@ -39,14 +39,15 @@ def label_config(model_dir, prompts_file, out, **kw) -> LabelConfig:
 def test_label_writes_pairs_the_judge_agrees_with(tiny_model_dir, prompts_file, tmp_path):
     out = run_label(label_config(tiny_model_dir, prompts_file, tmp_path / "pairs.jsonl", drop_ties=False))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 8  # one pair per prompt, ties kept
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert len(rows) + summary["empty_dropped"] == 8  # one pair per prompt, ties kept, empty responses left out
     for r in rows:
+        assert r["chosen"].strip() and r["rejected"].strip()  # rows `rlcf rm` and `rlcf dpo` accept
         assert set(r) >= {"prompt", "chosen", "rejected", "chosen_score", "rejected_score"}
         # the scores stored are the judge's own scores of the stored texts, and the chosen one is not worse
         assert vowel_reward(None, [r["chosen"], r["rejected"]]) == pytest.approx([r["chosen_score"], r["rejected_score"]])
         assert r["chosen_score"] >= r["rejected_score"]
-    summary = json.loads(out.with_suffix(".summary.json").read_text())
-    assert summary["pairs"] == 8 and summary["agreement_with_scores"] == 1.0
+    assert summary["pairs"] == len(rows) and summary["agreement_with_scores"] == 1.0
 
 
 def test_label_noise_flips_some_close_calls(tiny_model_dir, prompts_file, tmp_path):

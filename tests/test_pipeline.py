@@ -14,7 +14,7 @@ import yaml
 TESTS = Path(__file__).parent
 
 
-def pipeline_yaml(tmp_path, model_dir, prompts_file, steps=20) -> Path:
+def pipeline_yaml(tmp_path, model_dir, prompts_file, steps=30) -> Path:
     cfg = {
         "output_dir": str(tmp_path / "run"),
         "label": {"prompts": prompts_file, "judge": "helpers.vowel_reward:reward", "max_prompts": None,
@@ -56,7 +56,7 @@ def test_pipeline_end_to_end_then_cached(tiny_model_dir, prompts_file, tmp_path)
     assert summary["rm_heldout_accuracy"] is not None
     # the policy trained against the learned reward model, and eval compared it with the initial policy
     metrics = [json.loads(x) for x in (out / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 20 and "gold/mean" in metrics[-1]
+    assert len(metrics) == 30 and "gold/mean" in metrics[-1]
     config_used = yaml.safe_load((out / "train" / "config.yaml").read_text())
     assert config_used["reward"]["model"] == str(out / "rm" / "final")
     ev = summary["eval"]

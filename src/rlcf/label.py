@@ -54,7 +54,7 @@ def run_label(cfg: LabelConfig) -> Path:
     prompts, prompt_ids = prepare_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template,
                                           cfg.prompts, cfg.rollout.long_prompts)
 
-    rows, n_ties, t0 = [], 0, time.perf_counter()
+    rows, n_ties, n_empty, t0 = [], 0, 0, time.perf_counter()
     per_call = max(1, cfg.rollout.prompts_per_step)
     for start in range(0, len(prompts), per_call):
         # 2. two samples per prompt, on consecutive rows
@@ -70,6 +70,10 @@ def run_label(cfg: LabelConfig) -> Path:
         for j, i in enumerate(idx):
             if choice[j] == 0.5 and cfg.drop_ties:
                 n_ties += 1
+                continue
+            if not texts[2 * j].strip() or not texts[2 * j + 1].strip():
+                # an empty response (EOS first) makes a row the rm and dpo stages reject: leave the pair out, counted
+                n_empty += 1
                 continue
             w = 0 if choice[j] >= 0.5 else 1
             rows.append({
@@ -88,7 +92,7 @@ def run_label(cfg: LabelConfig) -> Path:
     os.replace(tmp, out)
     agree = [r["chosen_score"] >= r["rejected_score"] for r in rows]
     summary = {
-        "pairs": len(rows), "prompts": len(prompts), "ties_dropped": n_ties,
+        "pairs": len(rows), "prompts": len(prompts), "ties_dropped": n_ties, "empty_dropped": n_empty,
         "judge": cfg.judge_model or cfg.judge, "noise_temperature": cfg.noise_temperature,
         "agreement_with_scores": sum(agree) / len(agree) if agree else math.nan,
         "mean_score_gap": sum(r["chosen_score"] - r["rejected_score"] for r in rows) / len(rows) if rows else math.nan,
@@ -96,6 +100,6 @@ def run_label(cfg: LabelConfig) -> Path:
     }
     out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=1))
     if not rows:
-        raise ValueError(f"rlcf label: no pairs written to {out} (all {n_ties} were ties); "
+        raise ValueError(f"rlcf label: no pairs written to {out} ({n_ties} ties, {n_empty} with an empty response); "
                          "use --noise-temperature > 0 or --no-drop-ties, or a judge that separates responses")
     return out
