@@ -89,9 +89,9 @@ def sample_from_logits(logits: Tensor, temperature: float) -> Tensor:
 @torch.no_grad()
 def decode(model, query_ids: Tensor, query_mask: Tensor, sampling: RolloutConfig, pad_id: int,
            eos_ids: set[int]) -> Tensor:
-    """Sampling with the model's KV cache and `sample_from_logits` (temperature only; hf_generate handles top-k/p):
-    the same samples' distribution as generate(do_sample=True), without its per-step overheads. Position ids
-    follow the attention mask; a finished row gets pad_id after its EOS. Returns [B, T] new tokens."""
+    """Sampling with the model's KV cache and `sample_from_logits` (temperature only; HFBackend uses generate() for
+    top-k/top-p): samples from the same distribution as generate(do_sample=True), without its per-step overheads.
+    Position ids follow the attention mask; a finished row gets pad_id after its EOS. Returns [B, T] new tokens."""
     B = query_ids.shape[0]
     eos = torch.tensor(sorted(eos_ids), device=query_ids.device)
     attention_mask = query_mask.clone()

@@ -21,9 +21,6 @@ from torch import Tensor, nn
 from .config import RolloutConfig
 from .generation import Generation
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
 def _import_vllm():
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core and worker in this process
     if not torch.cuda.is_available():
@@ -49,7 +46,7 @@ class VLLMBackend:
         vllm = _import_vllm()
         self.pad_id, self.eos_ids, self.seed = tokenizer.pad_token_id, sorted(eos_ids), seed
         self.calls = 0
-        kwargs = dict(model=str(model_path), tokenizer=str(model_path), dtype=_DTYPES[dtype], seed=seed,
+        kwargs = dict(model=str(model_path), tokenizer=str(model_path), dtype=dtype, seed=seed,
                       trust_remote_code=trust_remote_code, logprobs_mode="processed_logprobs",
                       max_model_len=max_model_len or sampling.max_prompt_tokens + sampling.max_new_tokens + 8,
                       max_num_seqs=max(8, min(256, sampling.prompts_per_step * sampling.group_size)),
