@@ -67,7 +67,7 @@ class Timings:
 
 def sample_responses(model, query_ids: Tensor, query_mask: Tensor, rollout: RolloutConfig, pad_id: int,
                      eos_ids: set[int], chunk_rows: int | None = None) -> Tensor:
-    """Response ids [B, T] sampled by transformers' generate() (the hf backend) for left-padded prompts [B, Q].
+    """Response ids [B, T] sampled by the hf backend (the model's own forward) for left-padded prompts [B, Q].
     Uses the torch random state: seed it (or fork it) around the call."""
     backend = HFBackend(model, pad_id, eos_ids, chunk_rows or rollout.generation_chunk)
     return backend.generate(query_ids, query_mask, rollout).response_ids
