@@ -86,21 +86,27 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code:
     )
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of transformer blocks of a causal LM (Llama, Qwen, Mistral, GPT-2, ...)."""
+_BLOCKS, _NORMS = ("layers", "h", "blocks"), ("norm", "ln_f", "final_layernorm")
+
+
+def _decoder_part(model: nn.Module, names: tuple[str, ...], kind: type, what: str) -> tuple[nn.Module, str]:
+    """(the decoder, the attribute name) of its transformer blocks or final norm (Llama, Qwen, Mistral, GPT-2...)."""
     base = model.get_decoder() if hasattr(model, "get_decoder") else model
-    for name in ("layers", "h", "blocks"):
-        if isinstance(getattr(base, name, None), nn.ModuleList):
-            return getattr(base, name)
-    raise ValueError(f"{type(model).__name__}: cannot find its transformer blocks; use reference=copy or lora")
+    for name in names:
+        if isinstance(getattr(base, name, None), kind):
+            return base, name
+    raise ValueError(f"{type(model).__name__}: cannot find its {what}; use reference=copy or lora")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks of a causal LM."""
+    base, name = _decoder_part(model, _BLOCKS, nn.ModuleList, "transformer blocks")
+    return getattr(base, name)
 
 
 def final_norm(model: nn.Module) -> nn.Module:
-    base = model.get_decoder() if hasattr(model, "get_decoder") else model
-    for name in ("norm", "ln_f", "final_layernorm"):
-        if isinstance(getattr(base, name, None), nn.Module):
-            return getattr(base, name)
-    raise ValueError(f"{type(model).__name__}: cannot find its final norm; use reference=copy or lora")
+    base, name = _decoder_part(model, _NORMS, nn.Module, "final norm")
+    return getattr(base, name)
 
 
 class ValueHead(nn.Module):
@@ -237,9 +243,8 @@ def run_top_blocks(model: nn.Module, blocks: nn.ModuleList, norm: nn.Module, hid
     final norm), and the first of them is fed `hidden` [B, L, H] in place of what the blocks below would have
     computed. The model itself still builds the attention mask, position embeddings and logits, so the
     top blocks see exactly the arguments they get in a full forward."""
-    base = model.get_decoder()
-    layers_name = next(n for n in ("layers", "h", "blocks") if isinstance(getattr(base, n, None), nn.ModuleList))
-    norm_name = next(n for n in ("norm", "ln_f", "final_layernorm") if isinstance(getattr(base, n, None), nn.Module))
+    base, layers_name = _decoder_part(model, _BLOCKS, nn.ModuleList, "transformer blocks")
+    _, norm_name = _decoder_part(model, _NORMS, nn.Module, "final norm")
     saved = base._modules[layers_name], base._modules[norm_name]
 
     def feed(_module, args, kwargs):
