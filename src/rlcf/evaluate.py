@@ -154,7 +154,7 @@ def evaluate(policy, reference, tokenizer, prompts: Sequence[Prompt | str], roll
 
     Pass the same object as policy and reference to measure a model against itself (KL is then exactly 0).
     The caller's torch random state is left as it was. backends: {"policy": make, "reference": make}, each making
-    the generation backend that samples that side (default: transformers' generate on the module); one lives at
+    the generation backend that samples that side (default: the hf backend on the module itself); one lives at
     a time.
     """
     if samples_per_prompt < 1:
