@@ -41,8 +41,6 @@ def peak_rss_gb() -> float:
 # ---- the rows, each run as a child process ----
 
 def child_rlcf(reference: str, steps: int) -> dict:
-    import torch  # noqa: F401
-
     from rlcf.config import TrainConfig
     from rlcf.trainer import train
 

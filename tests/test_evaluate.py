@@ -15,7 +15,8 @@ from rlcf.data import left_pad
 from rlcf.evaluate import (evaluate, mean_stderr, run_eval, sequence_kl, token_logprobs,
                            wilson_interval, win_rate_summary)
 from rlcf.judges import ScoreJudge
-from rlcf.rollout import response_mask_from_ids, sample_responses
+from rlcf.generation import HFBackend
+from rlcf.rollout import response_mask_from_ids
 
 PAD, EOS, VOCAB, T = 0, 1, 6, 3
 PROMPTS = [[2, 3, 4], [5, 2]]  # different lengths, so the batch is left-padded
@@ -104,7 +105,7 @@ def test_monte_carlo_kl_estimates_agree_with_exact_kl(two_models):
 
         q_ids, q_mask = left_pad([prompt] * n_samples, PAD)
         torch.manual_seed(123)
-        r_ids = sample_responses(policy, q_ids, q_mask, rollout, PAD, {EOS})
+        r_ids = HFBackend(policy, PAD, {EOS}).generate(q_ids, q_mask, rollout).response_ids
         r_mask, _ = response_mask_from_ids(r_ids, {EOS})
         kl = sequence_kl(token_logprobs(policy, q_ids, q_mask, r_ids, r_mask, temperature, 1000),
                          token_logprobs(reference, q_ids, q_mask, r_ids, r_mask, temperature, 1000), r_mask)

@@ -160,7 +160,7 @@ class RolloutConfig:
     missing_eos_penalty: Optional[float] = None
     """Subtracted from the score of a response cut at max_new_tokens without EOS; None leaves it alone."""
     backend: Literal["hf", "vllm"] = "hf"
-    """Generation backend: hf (transformers' generate on the policy) or vllm (in-process vllm.LLM, pip install rlcf[vllm])."""
+    """Generation backend: hf (the policy's own forward with its KV cache) or vllm (in-process vllm.LLM, pip install rlcf[vllm])."""
     vllm_gpu_memory_utilization: float = 0.3
     """With backend=vllm on a GPU: the share of GPU memory vLLM may take (the trainer needs the rest)."""
 

@@ -65,14 +65,6 @@ class Timings:
     logprobs: float = 0.0
 
 
-def sample_responses(model, query_ids: Tensor, query_mask: Tensor, rollout: RolloutConfig, pad_id: int,
-                     eos_ids: set[int], chunk_rows: int | None = None) -> Tensor:
-    """Response ids [B, T] sampled by the hf backend (the model's own forward) for left-padded prompts [B, Q].
-    Uses the torch random state: seed it (or fork it) around the call."""
-    backend = HFBackend(model, pad_id, eos_ids, chunk_rows or rollout.generation_chunk)
-    return backend.generate(query_ids, query_mask, rollout).response_ids
-
-
 def release_memory() -> None:
     """Give freed memory back to the system between phases: generation's cache is gone before the update's
     activations are allocated (glibc keeps freed blocks in its arenas, and the resident size would grow).
