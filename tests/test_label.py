@@ -50,6 +50,45 @@ def test_label_writes_pairs_the_judge_agrees_with(tiny_model_dir, prompts_file, 
     assert summary["pairs"] == len(rows) and summary["agreement_with_scores"] == 1.0
 
 
+def test_judged_pairs_all_and_best_worst():
+    from rlcf.label import judged_pairs
+
+    scores, keep = torch.tensor([0.3, 0.9, -0.2, 0.5]), torch.tensor([True, True, True, False])
+    a, b = judged_pairs(scores, keep, "all")
+    assert list(zip(a.tolist(), b.tolist())) == [(0, 1), (0, 2), (1, 2)]  # sample 3 (empty) is never paired
+    a, b = judged_pairs(scores, keep, "best_worst")
+    assert (a.tolist(), b.tolist()) == ([1], [2])
+    assert judged_pairs(scores, torch.tensor([False, True, False, False]), "all")[0].numel() == 0
+
+
+def test_label_k4_keeps_every_judged_pair_or_best_against_worst(tiny_model_dir, prompts_file, tmp_path):
+    """K = 4: up to 6 pairs per prompt from 4 distinct samples; best_worst keeps, per prompt, the pair of the
+    same samples with the largest score gap."""
+    from collections import defaultdict
+
+    def run(mode):
+        cfg = label_config(tiny_model_dir, prompts_file, tmp_path / f"{mode}.jsonl", pairs=mode, drop_ties=False)
+        cfg.rollout.group_size = 4
+        out = run_label(cfg)
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        return rows, json.loads(out.with_suffix(".summary.json").read_text())
+
+    rows, summary = run("all")
+    by_prompt = defaultdict(list)
+    for r in rows:
+        assert r["chosen_score"] >= r["rejected_score"]
+        by_prompt[r["prompt"]].append(r)
+    assert len(rows) + summary["empty_dropped"] == 6 * summary["prompts"]
+    assert max(len(v) for v in by_prompt.values()) == 6
+    for v in by_prompt.values():
+        assert len({t for r in v for t in (r["chosen"], r["rejected"])}) <= 4
+    best, summary_bw = run("best_worst")
+    assert summary_bw["pairs"] == len(best) and len(best) <= summary["prompts"]
+    for r in best:  # same seed, same samples: the widest of that prompt's judged pairs
+        widest = max(x["chosen_score"] - x["rejected_score"] for x in by_prompt[r["prompt"]])
+        assert r["chosen_score"] - r["rejected_score"] == pytest.approx(widest)
+
+
 def test_label_noise_flips_some_close_calls(tiny_model_dir, prompts_file, tmp_path):
     cfg = label_config(tiny_model_dir, prompts_file, tmp_path / "pairs.jsonl", noise_temperature=10.0)
     cfg.max_prompts = None

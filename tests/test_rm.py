@@ -23,10 +23,10 @@ PROMPTS = ["tell me about your day", "describe a rainy morning", "write a short 
 
 
 def pairs(n: int, seed: int) -> list[dict]:
-    """Chosen responses are made of GOOD words, rejected ones of BAD words (3 to 5 each)."""
+    """Chosen responses are made of GOOD words, rejected ones of BAD words (3 to 5 each); one pair per prompt."""
     rng = random.Random(seed)
-    return [{"prompt": rng.choice(PROMPTS), "chosen": " ".join(rng.choices(GOOD, k=rng.randint(3, 5))),
-             "rejected": " ".join(rng.choices(BAD, k=rng.randint(3, 5)))} for _ in range(n)]
+    return [{"prompt": f"{rng.choice(PROMPTS)} ({i})", "chosen": " ".join(rng.choices(GOOD, k=rng.randint(3, 5))),
+             "rejected": " ".join(rng.choices(BAD, k=rng.randint(3, 5)))} for i in range(n)]
 
 
 def rm_config(model_dir, data, out, **over) -> RMConfig:
@@ -77,6 +77,46 @@ def test_rm_learns_a_preference_and_the_scorer_loads_it(tiny_model_dir_pad_eos, 
     chosen = scorer(prompts, [p["chosen"] for p in fresh])
     rejected = scorer(prompts, [p["rejected"] for p in fresh])
     assert (chosen > rejected).float().mean() > 0.9
+
+
+def test_pairs_of_one_prompt_share_a_row_and_each_text_is_scored_once(tiny_model_dir, tmp_path):
+    """K = 3 samples a, b, c of one prompt judged in all three pairs: one row with three distinct texts; the batch
+    loss equals the mean Bradley-Terry loss of the pairs each scored on its own; the held-out split keeps a
+    prompt's pairs together and eval/accuracy counts pairs, not prompts."""
+    import torch.nn.functional as F
+
+    from rlcf.rewards import reward_texts
+    from rlcf.stages import split_rows
+
+    a, b, c = "good great", "sad", "the mat"
+    rows = [{"prompt": "p1", "chosen": a, "rejected": b}, {"prompt": "p1", "chosen": a, "rejected": c},
+            {"prompt": "p1", "chosen": c, "rejected": b}, {"prompt": "p2", "chosen": "happy", "rejected": "rainy"}]
+    data = write_jsonl(tmp_path / "k3.jsonl", rows)
+    cfg = rm_config(tiny_model_dir, data, tmp_path / "out")
+    tok = load_rm_tokenizer(tiny_model_dir)
+    encoded = load_rm_rows(cfg, tok)
+    assert len(encoded) == 2 and len(encoded[0]["texts"]) == 3 and len(encoded[1]["texts"]) == 2
+    assert (encoded[0]["chosen"], encoded[0]["rejected"]) == ([0, 0, 2], [1, 2, 1])
+    model = load_rm_model(cfg, tok).eval()
+    batch = rm_collate(encoded, tok.pad_token_id)
+    assert batch["input_ids"].shape[0] == 5  # 5 distinct texts for 4 pairs
+
+    def score(prompt, text):
+        ids = torch.tensor([tok(reward_texts(tok, [prompt], [text])[0])["input_ids"]])
+        return model(input_ids=ids).logits[0, 0]
+
+    with torch.no_grad():
+        loss, m = rm_batch_loss(model, batch)
+        gaps = torch.stack([score(r["prompt"], r["chosen"]) - score(r["prompt"], r["rejected"]) for r in rows])
+    assert float(loss) == pytest.approx(float(-F.logsigmoid(gaps).mean()), abs=1e-5)
+    assert float(m["reward/accuracy"]) == pytest.approx(float((gaps > 0).float().mean()))
+
+    # held out: one of the two prompts (eval_fraction 0.5), counted as its number of pairs
+    cfg.eval_fraction, cfg.optim.epochs = 0.5, 1
+    run_rm(cfg)
+    _, held = split_rows(2, 0.5, cfg.seed)
+    first = read_metrics(tmp_path / "out")[0]
+    assert first["eval/examples"] == len(encoded[held[0]]["chosen"])
 
 
 def test_score_is_read_at_the_last_real_token(tiny_model_dir_pad_eos, tmp_path):
@@ -130,7 +170,7 @@ def test_margin_column_and_column_mapping(tiny_model_dir, tmp_path):
     cfg = rm_config(tiny_model_dir, data, tmp_path, columns="prompt=q,chosen=good,rejected=bad", margin_column="gap")
     tok = load_rm_tokenizer(tiny_model_dir)
     encoded = load_rm_rows(cfg, tok)
-    assert [r["margin"] for r in encoded] == [0.0, 1.0, 2.0, 3.0]
+    assert [r["margin"] for r in encoded] == [[0.0], [1.0], [2.0], [3.0]]
     model = load_rm_model(cfg, tok)
     batch = rm_collate(encoded, tok.pad_token_id)
     with torch.no_grad():

@@ -25,6 +25,13 @@ class P3OConfig:
     """v1: separate clipping of each response's ratio; v2: joint clipping of the log-ratio difference."""
     reduction: Literal["pairs", "tokens"] = "pairs"
     """pairs: mean over pairs (the paper); tokens: sum over pairs / response tokens (authors' later code)."""
+    dual_clip: Optional[float] = 3.0
+    """V1 only: cap a term whose weight pushes its ratio down at dual_clip * weight (dual clip, Ye et al. 2020),
+    so a sequence ratio far above the trust region can neither blow up the loss nor its gradient. None: the
+    paper's V1 exactly, whose pessimistic max is unbounded (losses of 1e11 over 40-token responses)."""
+    ratio: Literal["sequence", "token_mean"] = "sequence"
+    """sequence: rho = pi_theta(y|x) / pi_old(y|x) (the paper); token_mean: rho = exp(mean over the response's
+    tokens of the log-ratio), the geometric mean of the token ratios, which stays near 1 on long responses."""
 
 
 @dataclass
@@ -340,7 +347,7 @@ class RMConfig:
     max_length: int = 512
     """Prompt + response tokens; a longer row is an error naming it."""
     eval_fraction: float = 0.1
-    """Pairs held out to report eval/accuracy (pairwise accuracy)."""
+    """Prompts held out, with all their pairs, to report eval/accuracy (pairwise accuracy over held-out pairs)."""
     seed: int = 0
     """Seed for shuffling, the held-out split and the new head's initialisation."""
     output_dir: str = "runs/rm"
@@ -356,7 +363,7 @@ class RMConfig:
 
 @dataclass
 class LabelConfig:
-    """`rlcf label`: sample two responses per prompt from a policy and let a judge pick the better one."""
+    """`rlcf label`: sample K responses per prompt from a policy and let a judge compare them in pairs."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy that samples the pairs (only name_or_path, dtype and trust_remote_code are used)."""
@@ -376,12 +383,15 @@ class LabelConfig:
     """Bradley-Terry noise: prefer y1 with probability sigmoid((s1 - s2) / T); 0 = always the higher score."""
     drop_ties: bool = True
     """Leave out pairs whose scores are equal (with noise_temperature 0); else a tie keeps the first sample."""
+    pairs: Literal["all", "best_worst"] = "all"
+    """With rollout.group_size K > 2: keep all K(K-1)/2 judged pairs of a prompt, or only best against worst."""
     output: str = "runs/label/pairs.jsonl"
     """Where the preference pairs go (JSONL: prompt, chosen, rejected, chosen_score, rejected_score)."""
     seed: int = 0
     """Seed for sampling and for the noisy judge."""
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(prompts_per_step=32, group_size=2))
-    """Sampling: max_new_tokens, temperature, top_k, top_p; prompts_per_step = prompts generated at once."""
+    """Sampling: group_size = K samples per prompt (2: one pair), max_new_tokens, temperature, top_k, top_p;
+    prompts_per_step = prompts generated at once."""
 
 
 @dataclass
@@ -434,7 +444,8 @@ class EvalConfig:
     """Gold scorer 'module:function' (reported as gold/mean), never trained on."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(prompts_per_step=32, group_size=1))
-    """Sampling: max_new_tokens, temperature, top_k, top_p; prompts_per_step = prompts generated at once."""
+    """Sampling: group_size = K samples per prompt (2: one pair), max_new_tokens, temperature, top_k, top_p;
+    prompts_per_step = prompts generated at once."""
     seed: int = 0
     """Seed for sampling."""
     output: str = "runs/eval/eval.json"

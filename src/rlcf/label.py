@@ -1,10 +1,12 @@
 """`rlcf label`: comparative feedback from a judge.
 
-For each prompt, two responses are sampled from a policy and a judge picks the better one. The judge is a
-scorer (a Python `module:function` or an HF reward model): the higher score wins, or, with
-noise_temperature T > 0, y1 wins with probability sigmoid((s1 - s2) / T) (Bradley-Terry noise, to imitate
-human labellers who disagree on close calls). The pairs are written as JSONL in TRL's column names
-(prompt, chosen, rejected) that `rlcf rm` and `rlcf dpo` read.
+For each prompt, K = rollout.group_size responses are sampled from a policy and a judge compares them. The
+judge is a scorer (a Python `module:function` or an HF reward model): of two responses the higher score wins,
+or, with noise_temperature T > 0, y1 wins with probability sigmoid((s1 - s2) / T) (Bradley-Terry noise, to
+imitate human labellers who disagree on close calls). With K > 2, `pairs: all` keeps every one of the
+K(K-1)/2 judged pairs (InstructGPT's K-wise ranking: more comparisons for the same samples), `best_worst` only
+the highest- against the lowest-scored response. The pairs are written as JSONL in TRL's column names
+(prompt, chosen, rejected) that `rlcf rm` and `rlcf dpo` read; `rlcf rm` keeps a prompt's pairs together.
 """
 
 from __future__ import annotations
@@ -36,6 +38,24 @@ def bradley_terry_choice(s1: torch.Tensor, s2: torch.Tensor, temperature: float,
     return (torch.rand(p1.shape, generator=generator) < p1).float()
 
 
+def judged_pairs(scores: torch.Tensor, keep: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (i, j) sample indices, i < j, that one prompt's K samples are compared on: every pair of kept samples
+    (mode 'all'), or the highest- against the lowest-scored kept sample ('best_worst'). scores [K], keep [K] bool."""
+    idx = keep.nonzero().flatten()
+    if len(idx) < 2:
+        return idx[:0], idx[:0]
+    if mode == "all":
+        a, b = torch.triu_indices(len(idx), len(idx), offset=1)
+        return idx[a], idx[b]
+    if mode == "best_worst":
+        s = scores[idx]
+        best, worst = int(idx[s.argmax()]), int(idx[s.argmin()])
+        if best == worst:  # all scores equal: the first two, a tie for the judge
+            best, worst = int(idx[0]), int(idx[1])
+        return torch.tensor([min(best, worst)]), torch.tensor([max(best, worst)])
+    raise ValueError(f"pairs={mode!r}: choose 'all' or 'best_worst'")
+
+
 @torch.no_grad()
 def run_label(cfg: LabelConfig) -> Path:
     # 1. prompts and judge first, so bad input fails before any model is loaded
@@ -55,32 +75,36 @@ def run_label(cfg: LabelConfig) -> Path:
                                           cfg.prompts, cfg.rollout.long_prompts)
 
     rows, n_ties, n_empty, t0 = [], 0, 0, time.perf_counter()
+    k = cfg.rollout.group_size
+    if k < 2:
+        raise ValueError(f"rollout.group_size={k}: the judge compares samples of one prompt, so it needs at least 2")
     per_call = max(1, cfg.rollout.prompts_per_step)
     for start in range(0, len(prompts), per_call):
-        # 2. two samples per prompt, on consecutive rows
+        # 2. K samples per prompt, on consecutive rows
         idx = list(range(start, min(start + per_call, len(prompts))))
-        ids, mask = left_pad([prompt_ids[i] for i in idx for _ in range(2)], tokenizer.pad_token_id)
+        ids, mask = left_pad([prompt_ids[i] for i in idx for _ in range(k)], tokenizer.pad_token_id)
         response_ids = backend.generate(ids, mask, cfg.rollout).response_ids
         response_mask, truncated = response_mask_from_ids(response_ids, eos)
         texts = decode_responses(tokenizer, response_ids, response_mask)
-        # 3. the judge's scores and its choice
-        prompt_texts = [prompts[i].text for i in idx for _ in range(2)]
-        scores = judge(prompt_texts, texts).view(-1, 2)
-        choice = bradley_terry_choice(scores[:, 0], scores[:, 1], cfg.noise_temperature, noise)
-        for j, i in enumerate(idx):
-            if choice[j] == 0.5 and cfg.drop_ties:
-                n_ties += 1
-                continue
-            if not texts[2 * j].strip() or not texts[2 * j + 1].strip():
-                # an empty response (EOS first) makes a row the rm and dpo stages reject: leave the pair out, counted
-                n_empty += 1
-                continue
-            w = 0 if choice[j] >= 0.5 else 1
-            rows.append({
-                "prompt": prompts[i].text, "chosen": texts[2 * j + w], "rejected": texts[2 * j + 1 - w],
-                "chosen_score": float(scores[j, w]), "rejected_score": float(scores[j, 1 - w]),
-                "chosen_truncated": bool(truncated[2 * j + w]), "rejected_truncated": bool(truncated[2 * j + 1 - w]),
-            })
+        # 3. the judge's scores and its choice on each compared pair
+        prompt_texts = [prompts[i].text for i in idx for _ in range(k)]
+        scores = judge(prompt_texts, texts).view(-1, k)
+        for g, i in enumerate(idx):
+            # an empty response (EOS first) makes a row the rm and dpo stages reject: its pairs are left out, counted
+            keep = torch.tensor([bool(texts[g * k + m].strip()) for m in range(k)])
+            a, b = judged_pairs(scores[g], keep, cfg.pairs)
+            n_empty += (k * (k - 1) // 2 if cfg.pairs == "all" else 1) - len(a)
+            choice = bradley_terry_choice(scores[g, a], scores[g, b], cfg.noise_temperature, noise)
+            for x, y, c in zip(a.tolist(), b.tolist(), choice.tolist()):
+                if c == 0.5 and cfg.drop_ties:
+                    n_ties += 1
+                    continue
+                w, l = (x, y) if c >= 0.5 else (y, x)
+                rows.append({
+                    "prompt": prompts[i].text, "chosen": texts[g * k + w], "rejected": texts[g * k + l],
+                    "chosen_score": float(scores[g, w]), "rejected_score": float(scores[g, l]),
+                    "chosen_truncated": bool(truncated[g * k + w]), "rejected_truncated": bool(truncated[g * k + l]),
+                })
         print(f"rlcf label: {min(start + per_call, len(prompts))}/{len(prompts)} prompts, {len(rows)} pairs",
               flush=True)
 
@@ -92,7 +116,8 @@ def run_label(cfg: LabelConfig) -> Path:
     os.replace(tmp, out)
     agree = [r["chosen_score"] >= r["rejected_score"] for r in rows]
     summary = {
-        "pairs": len(rows), "prompts": len(prompts), "ties_dropped": n_ties, "empty_dropped": n_empty,
+        "pairs": len(rows), "prompts": len(prompts), "samples_per_prompt": k, "pair_mode": cfg.pairs,
+        "ties_dropped": n_ties, "empty_dropped": n_empty,
         "judge": cfg.judge_model or cfg.judge, "noise_temperature": cfg.noise_temperature,
         "agreement_with_scores": sum(agree) / len(agree) if agree else math.nan,
         "mean_score_gap": sum(r["chosen_score"] - r["rejected_score"] for r in rows) / len(rows) if rows else math.nan,
@@ -100,6 +125,6 @@ def run_label(cfg: LabelConfig) -> Path:
     }
     out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=1))
     if not rows:
-        raise ValueError(f"rlcf label: no pairs written to {out} ({n_ties} ties, {n_empty} with an empty response); "
+        raise ValueError(f"rlcf label: no pairs written to {out} ({n_ties} ties, {n_empty} pairs with an empty response); "
                          "use --noise-temperature > 0 or --no-drop-ties, or a judge that separates responses")
     return out

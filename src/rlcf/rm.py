@@ -45,7 +45,7 @@ def run_rm(cfg: RMConfig) -> Path:
         tokenizer.save_pretrained(folder)
 
     stage = Stage(name="rm", model=model, rows=rows, collate=lambda batch: rm_collate(batch, tokenizer.pad_token_id),
-                  loss_fn=rm_batch_loss, save=save)
+                  loss_fn=rm_batch_loss, save=save, size=rm_pairs)
     return run_stage(cfg, stage)
 
 
@@ -102,7 +102,12 @@ def truncate_layers(config, n: int, name: str) -> None:
 
 
 def load_rm_rows(cfg: RMConfig, tokenizer) -> list[dict]:
-    """[{'chosen_ids', 'rejected_ids', 'margin'?}] per pair, validated; texts as rewards.reward_texts builds them."""
+    """One row per prompt: {'texts': [token ids of each distinct reward text], 'chosen': [i], 'rejected': [j],
+    'margin'?: [m]}, one entry of chosen/rejected/margin per judged pair of that prompt, pairs in file order.
+
+    Keeping a prompt's pairs in one row means a response judged in several pairs (`rlcf label` with K > 2) is
+    scored once per step, not once per pair, and the held-out split never puts a response on both sides.
+    Texts are built as rewards.reward_texts builds them; every pair is validated (file, row, field)."""
     fields = ("prompt", "chosen", "rejected")
     numbers = ("margin",) if cfg.margin_column else ()
     columns = cfg.columns
@@ -115,31 +120,48 @@ def load_rm_rows(cfg: RMConfig, tokenizer) -> list[dict]:
     for side in ("chosen", "rejected"):
         texts = reward_texts(tokenizer, prompts, [r[side] for r in records])
         encoded[side] = tokenizer(texts)["input_ids"]
-    out = []
+    groups: dict[str, dict] = {}
     for i, rec in enumerate(records):
-        row = {}
-        for side in ("chosen", "rejected"):
-            ids = list(encoded[side][i])
-            check_length(len(ids), cfg.max_length, f"{cfg.data}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
-            row[f"{side}_ids"] = ids
+        row = groups.setdefault(rec["prompt"], {"texts": [], "chosen": [], "rejected": [], "_index": {}})
         if cfg.margin_column:
-            row["margin"] = rec["margin"]
-        out.append(row)
-    return out
+            row.setdefault("margin", []).append(rec["margin"])
+        for side in ("chosen", "rejected"):
+            ids = tuple(encoded[side][i])
+            check_length(len(ids), cfg.max_length, f"{cfg.data}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
+            if ids not in row["_index"]:
+                row["_index"][ids] = len(row["texts"])
+                row["texts"].append(list(ids))
+            row[side].append(row["_index"][ids])
+    for row in groups.values():
+        del row["_index"]
+    return list(groups.values())
+
+
+def rm_pairs(rows: list[dict]) -> int:
+    """How many judged pairs the rows hold (held-out metrics are averaged over pairs, not prompts)."""
+    return sum(len(r["chosen"]) for r in rows)
 
 
 def rm_collate(rows: list[dict], pad_id: int) -> dict[str, Tensor]:
-    """Chosen texts then rejected texts, right-padded into one [2B, L] batch (one forward for both)."""
-    input_ids, attention_mask = right_pad([r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows], pad_id)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    """Every row's distinct texts right-padded into one [T, L] batch (one forward for all), and each pair's
+    chosen and rejected positions in it ([P] each; 'margin' [P] when the rows have one)."""
+    texts, chosen, rejected = [], [], []
+    for r in rows:
+        offset = len(texts)
+        texts += r["texts"]
+        chosen += [offset + i for i in r["chosen"]]
+        rejected += [offset + j for j in r["rejected"]]
+    input_ids, attention_mask = right_pad(texts, pad_id)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+             "chosen": torch.tensor(chosen), "rejected": torch.tensor(rejected)}
     if "margin" in rows[0]:
-        batch["margin"] = torch.tensor([r["margin"] for r in rows], dtype=torch.float32)
+        batch["margin"] = torch.tensor([m for r in rows for m in r["margin"]], dtype=torch.float32)
     return batch
 
 
 def rm_batch_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Bradley-Terry on the pooled scores (score at each text's last real token): loss/reward_model,
-    reward/accuracy, reward/margin_mean (eval/accuracy, eval/margin_mean on held-out pairs)."""
+    """Bradley-Terry over the batch's pairs on the pooled scores (score at each text's last real token, each
+    distinct text scored once): loss/reward_model, reward/accuracy, reward/margin_mean (eval/accuracy,
+    eval/margin_mean on held-out pairs)."""
     scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
-    B = scores.shape[0] // 2
-    return bradley_terry_loss(scores[:B], scores[B:], batch.get("margin"))
+    return bradley_terry_loss(scores[batch["chosen"]], scores[batch["rejected"]], batch.get("margin"))

@@ -9,7 +9,8 @@ grad-norm clip, AdamW) -> 4. log, evaluate at each epoch's end, checkpoint -> 5.
 metrics.jsonl holds one record per optimiser step: `step`, `epoch`, the loss's own metrics (loss/, reward/)
 averaged over the step's minibatches, optim/grad_norm and perf/. On the last step of each epoch the loss's
 metrics on the held-out rows are added as eval/<name> (from <group>/<name>, e.g. reward/accuracy ->
-eval/accuracy), averaged over held-out rows; a record with step 0 holds them before any training.
+eval/accuracy), averaged over held-out examples (`Stage.size`; eval/examples says how many); a record with
+step 0 holds them before any training.
 
 Also here: the tokenizing helpers SFT and DPO share (prompt with or without the chat template, response
 ending in EOS, padding) and the response log-probs of a plain causal LM.
@@ -50,6 +51,9 @@ class Stage:
     """(model, batch) -> (scalar loss, {'group/name': scalar tensor}); runs under no_grad for evaluation."""
     save: Callable[[Path], None]
     """Writes the final model (and its tokenizer) into the given folder."""
+    size: Callable[[list], int] = len
+    """How many examples a list of rows holds; held-out metrics are averaged with these weights (default: one
+    per row; `rlcf rm` counts pairs, as a row holds all pairs of one prompt)."""
 
 
 def split_rows(n: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -122,14 +126,15 @@ def run_stage(cfg, stage: Stage) -> Path:
         t0 = time.perf_counter()
         inner.eval()
         sums: dict[str, float] = {}
+        n = stage.size([stage.rows[i] for i in eval_idx])
         with torch.no_grad(), accelerator.autocast():
             for s in range(0, len(eval_idx), opt.minibatch_prompts):
-                part = eval_idx[s : s + opt.minibatch_prompts]
-                _, m = stage.loss_fn(inner, to_device(stage.collate([stage.rows[i] for i in part])))
+                part = [stage.rows[i] for i in eval_idx[s : s + opt.minibatch_prompts]]
+                _, m = stage.loss_fn(inner, to_device(stage.collate(part)))
                 for k, v in m.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * len(part)
-        record = {"eval/" + k.split("/", 1)[-1]: v / len(eval_idx) for k, v in sums.items()}
-        record["perf/eval_s"] = time.perf_counter() - t0
+                    sums[k] = sums.get(k, 0.0) + float(v) * stage.size(part)
+        record = {"eval/" + k.split("/", 1)[-1]: v / n for k, v in sums.items()}
+        record.update({"eval/examples": n, "perf/eval_s": time.perf_counter() - t0})
         return record
 
     def write(record: dict) -> None:
