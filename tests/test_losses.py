@@ -60,12 +60,18 @@ def p3o_reference(r, beta, cfg):
                 r_i = s[i].item() - beta * (lp_i.item() - seq(ref, mask, i).item())
                 r_j = s[j].item() - beta * (lp_j.item() - seq(ref, mask, j).item())
                 delta = r_i - r_j
-                rho_i, rho_j = torch.exp(lp_i - old_i), torch.exp(lp_j - old_j)
+                n_i, n_j = (mask[i].sum(), mask[j].sum()) if cfg.ratio == "token_mean" else (1.0, 1.0)
+                rho_i, rho_j = torch.exp((lp_i - old_i) / n_i), torch.exp((lp_j - old_j) / n_j)
                 if cfg.variant == "v1":
                     wi, wj = -delta * clipc(rho_j.item()), delta * clipc(rho_i.item())
-                    t1 = max(wi * rho_i, wi * torch.clamp(rho_i, 1 - eps, 1 + eps))
-                    t2 = max(wj * rho_j, wj * torch.clamp(rho_j, 1 - eps, 1 + eps))
-                    pair = 0.5 * (t1 + t2)
+
+                    def term(w, rho):
+                        t = max(w * rho, w * torch.clamp(rho, 1 - eps, 1 + eps))
+                        if cfg.dual_clip is not None and w > 0 and t.item() > cfg.dual_clip * w:
+                            t = torch.zeros((), dtype=F64) + cfg.dual_clip * w  # constant: no gradient
+                        return t
+
+                    pair = 0.5 * (term(wi, rho_i) + term(wj, rho_j))
                 else:
                     D, D_old = lp_i - lp_j, old_i - old_j
                     w = delta * clipc(rho_i.item() * rho_j.item())
@@ -101,6 +107,7 @@ def p3o(r, beta, **cfg):
 
 
 VARIANTS = [(v, red) for v in ("v1", "v2") for red in ("pairs", "tokens")]
+PAPER = {"dual_clip": None}  # the paper's V1: no dual clip
 
 
 # ---------------------------------------------------------------- P3O
@@ -167,10 +174,11 @@ def test_p3o_importance_weights_are_clipped_to_c():
 
 @pytest.mark.parametrize("variant,reduction", VARIANTS)
 @pytest.mark.parametrize("K", [2, 3, 4])
-def test_p3o_matches_slow_reference_with_grads(variant, reduction, K):
-    r = make_rollout(G=4, K=K, seed=K, spread=0.3)
-    cfg = P3OConfig(variant=variant, reduction=reduction)
-    loss, m = p3o(r, 0.3, variant=variant, reduction=reduction)
+@pytest.mark.parametrize("form", [{"dual_clip": None}, {"dual_clip": 3.0}, {"ratio": "token_mean"}])
+def test_p3o_matches_slow_reference_with_grads(variant, reduction, K, form):
+    r = make_rollout(G=4, K=K, seed=K, spread=1.0 if "ratio" in form else 0.3)  # mean ratios move less
+    cfg = P3OConfig(variant=variant, reduction=reduction, **form)
+    loss, m = p3o(r, 0.3, variant=variant, reduction=reduction, **form)
     ref_loss = p3o_reference(r, 0.3, cfg)
     assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-10, abs=1e-12)
     assert torch.allclose(grad_of(loss, r["logprobs"])[0], grad_of(ref_loss, r["logprobs"])[0], atol=1e-12)
@@ -181,10 +189,65 @@ def test_p3o_matches_slow_reference_with_grads(variant, reduction, K):
 @pytest.mark.parametrize("variant", ["v1", "v2"])
 def test_p3o_k2_equals_the_papers_pairwise_formula(variant):
     r = make_rollout(G=4, K=2, seed=11, spread=0.2)
-    loss, _ = p3o(r, 0.05, variant=variant)
-    paper = p3o_paper_k2(r, 0.05, P3OConfig(variant=variant))
+    loss, _ = p3o(r, 0.05, variant=variant, **PAPER)
+    paper = p3o_paper_k2(r, 0.05, P3OConfig(variant=variant, **PAPER))
     assert loss.item() == pytest.approx(paper.item(), rel=1e-12)
     assert torch.allclose(grad_of(loss, r["logprobs"])[0], grad_of(paper, r["logprobs"])[0], atol=1e-13)
+
+
+def test_p3o_v1_dual_clip_hand_values():
+    # Pair as above (Delta = 1), theta = old + [0, 1.5]: rho2 = e^1.5 = 4.48 > dual 3. term2's weight
+    # w2 = +Delta c(rho1) = 1 > 0: paper form max(4.48, 1.2) = 4.48 with gradient 4.48 / 2 on logp2;
+    # dual-clipped min(4.48, 3 * 1) = 3, no gradient. term1 = max(-c(rho2) rho1, -c(rho2) 1.2) = -4.48 (rho1 = 1),
+    # gradient -4.48 / 2 on logp1, the same in both forms.
+    old = torch.tensor([[-1.0], [-2.0]], dtype=F64)
+    mask, scores = torch.ones(2, 1, dtype=F64), torch.tensor([1.0, 0.0], dtype=F64)
+    theta = (old + torch.tensor([[0.0], [1.5]], dtype=F64)).requires_grad_()
+    r15 = math.exp(1.5)
+    paper, _ = p3o_loss(LossBatch(theta, old, old, mask, 2, 0.0, scores=scores), P3OConfig(dual_clip=None))
+    assert paper.item() == pytest.approx(0.5 * (-r15 + r15))
+    assert grad_of(paper, theta)[0].flatten().tolist() == pytest.approx([-r15 / 2, r15 / 2])
+    dual, m = p3o_loss(LossBatch(theta, old, old, mask, 2, 0.0, scores=scores), P3OConfig(dual_clip=3.0))
+    assert dual.item() == pytest.approx(0.5 * (-r15 + 3.0))
+    assert grad_of(dual, theta)[0].flatten().tolist() == pytest.approx([-r15 / 2, 0.0])
+    assert m["policy/clipfrac"].item() == 0.5
+    with pytest.raises(ValueError, match="dual_clip=1.1 must be above 1 \\+ eps"):
+        p3o_loss(LossBatch(theta, old, old, mask, 2, 0.0, scores=scores), P3OConfig(dual_clip=1.1))
+
+
+@pytest.mark.parametrize("K", [2, 4])
+def test_p3o_v1_dual_clip_matches_slow_reference_far_outside_the_trust_region(K):
+    r = make_rollout(G=4, K=K, T=4, seed=30 + K, spread=1.5)  # sequence ratios up to e^6 and down to e^-6
+    for form in ({"dual_clip": 3.0}, {"dual_clip": 3.0, "ratio": "token_mean"}):
+        loss, _ = p3o(r, 0.1, **form)
+        ref = p3o_reference(r, 0.1, P3OConfig(**form))
+        assert loss.item() == pytest.approx(ref.item(), rel=1e-10)
+        assert torch.allclose(grad_of(loss, r["logprobs"])[0], grad_of(ref, r["logprobs"])[0], atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_p3o_v1_stays_finite_for_ratios_far_outside_the_trust_region(dtype):
+    """Sequence log-ratios of +-200 (a 40-token response whose tokens each moved by 5 nats): the paper's V1
+    overflows to an infinite loss and NaN gradients; the dual-clipped default stays finite, bounded by
+    C |Delta| max(dual, 1 + eps) per term. The responses whose ratio is far above the region get no gradient."""
+    G, T = 8, 40
+    g = torch.Generator().manual_seed(0)
+    old = (-torch.rand(2 * G, T, generator=g) * 3).to(dtype)
+    shift = torch.tensor([5.0, -5.0]).repeat(G)[:, None].expand(2 * G, T)
+    theta = (old.float() + shift).to(dtype).requires_grad_()
+    mask, scores = torch.ones(2 * G, T, dtype=dtype), torch.randn(2 * G, generator=g).to(dtype)
+    batch = lambda: LossBatch(theta, old, old, mask, 2, 0.05, scores=scores)
+    paper, _ = p3o_loss(batch(), P3OConfig(dual_clip=None))
+    paper_grad = grad_of(paper, theta)[0]
+    assert not (torch.isfinite(paper) and torch.isfinite(paper_grad).all())
+    loss, m = p3o_loss(batch(), P3OConfig())  # the default: dual clip 3
+    grad = grad_of(loss, theta)[0]
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    kl = 0.05 * 200 * 2
+    bound = 10 * (scores.float().abs().max() * 2 + kl) * 3
+    assert loss.abs().item() <= bound
+    # every term of a ratio e^200 is past a cap, whatever its sign; a ratio e^-200 has only a vanishing gradient
+    assert grad[0::2].abs().max().item() == 0.0 and m["policy/clipfrac"].item() >= 0.5
 
 
 @pytest.mark.parametrize("variant,reduction", VARIANTS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -32,8 +33,12 @@ def p3o_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
       w = sg(Delta clip(rho_i rho_j, 1/C, C)),  L = 1/2 max(-w D, -w clip(D, D_old - eps, D_old + eps)).
     Inside the trust region both have the gradient -1/2 Delta rho_i rho_j grad D. Averaged over the pairs
     of a group at theta = old this is exactly the RLOO gradient -(1/K) sum_i A_i grad log pi(y_i|x).
+    V1's term with weight w > 0 (the one that pushes rho down) is unbounded in rho = exp(sum of token
+    log-ratios); cfg.dual_clip = c caps it (dual clip): term = min(max(w rho, w clip(rho)), c w), which has
+    no gradient once rho > c. dual_clip None is the paper's V1.
+    ratio "token_mean" replaces every rho by exp(mean over the response's tokens of the log-ratio).
     Reduction "pairs": mean over all pairs (the paper); "tokens": sum over pairs / response tokens.
-    beta is batch.kl_coef; cfg gives eps, clip_c, variant, reduction.
+    beta is batch.kl_coef; cfg gives eps, clip_c, variant, reduction, dual_clip, ratio.
     """
     if batch.scores is None:
         raise ValueError("p3o_loss: batch.scores is None; P3O recomputes its reward from the scores")
@@ -46,17 +51,39 @@ def p3o_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
 
     r_i, r_j = _pairs(shaped, k)
     delta = r_i - r_j  # already detached: shaped is built from detached values
-    lr_i, lr_j = _pairs(logp - old_logp, k)  # sequence log-ratios vs pi_old
+    log_ratio = logp - old_logp  # sequence log-ratios vs pi_old
+    if cfg.ratio == "token_mean":
+        log_ratio = log_ratio / mask.sum(-1).clamp(min=1)
+    elif cfg.ratio != "sequence":
+        raise ValueError(f"p3o_loss: unknown ratio {cfg.ratio!r}; choose 'sequence' or 'token_mean'")
+    lr_i, lr_j = _pairs(log_ratio, k)
     eps, C = cfg.eps, cfg.clip_c
 
     if cfg.variant == "v1":
-        rho_i, rho_j = lr_i.exp(), lr_j.exp()
-        w_i = -delta * rho_j.detach().clamp(1 / C, C)
-        w_j = delta * rho_i.detach().clamp(1 / C, C)
-        un_i, cl_i = w_i * rho_i, w_i * rho_i.clamp(1 - eps, 1 + eps)
-        un_j, cl_j = w_j * rho_j, w_j * rho_j.clamp(1 - eps, 1 + eps)
-        pair_loss = 0.5 * (torch.maximum(un_i, cl_i) + torch.maximum(un_j, cl_j))
-        clipped = torch.cat([cl_i > un_i, cl_j > un_j])
+        dual = cfg.dual_clip
+        if dual is not None and not dual > 1 + eps:
+            raise ValueError(f"p3o_loss: dual_clip={dual} must be above 1 + eps = {1 + eps}, or None")
+
+        def term(w: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
+            """(the term, whether a clipped branch won) for weight w and log-ratio lr."""
+            past = torch.zeros_like(lr, dtype=torch.bool)
+            if dual is not None:
+                # past log(dual) the term is constant in rho whatever the sign of w (dual-clipped or clipped):
+                # clamping first gives the same value and gradient and keeps exp() from overflowing to inf
+                past = lr > math.log(dual)
+                lr = lr.clamp(max=math.log(dual))
+            rho = lr.exp()
+            un, cl = w * rho, w * rho.clamp(1 - eps, 1 + eps)
+            t = torch.maximum(un, cl)
+            if dual is not None:
+                t = torch.where(w > 0, torch.minimum(t, dual * w), t)
+            return t, (t != un) | past
+
+        w_i = -delta * lr_j.detach().exp().clamp(1 / C, C)
+        w_j = delta * lr_i.detach().exp().clamp(1 / C, C)
+        (t_i, c_i), (t_j, c_j) = term(w_i, lr_i), term(w_j, lr_j)
+        pair_loss = 0.5 * (t_i + t_j)
+        clipped = torch.cat([c_i, c_j])
     elif cfg.variant == "v2":
         D = _pairs(logp, k)
         D = D[0] - D[1]
@@ -80,7 +107,7 @@ def p3o_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
         log_ratio = batch.logprobs - batch.old_logprobs
         metrics = {
             "loss/policy": loss.detach(),
-            # A term counts as clipped when the clipped branch wins the max, i.e. its gradient is cut.
+            # A term counts as clipped when a clipped branch wins, i.e. its gradient is cut.
             "policy/clipfrac": clipped.to(logp.dtype).mean(),
             "policy/approx_kl": masked_mean(log_ratio.expm1() - log_ratio, mask),
             "kl/k1_seq": seq_kl.mean(),
