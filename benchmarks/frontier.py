@@ -1,15 +1,23 @@
-"""The seeds' comparison on the embedded task: KL-reward frontiers of PPO, AWR, APA, P3O (V1, V2), RLOO, GRPO
-and DPO, over several seeds and KL strengths, sharing one reward model and one evaluation.
+"""The seeds' comparison on the embedded task: KL-reward frontiers of P3O (V1, V2), APA, PPO (fixed and adaptive
+KL), RLOO, GRPO, AWR and DPO, over seeds and KL strengths, sharing one reward model and one evaluation, and the
+head-to-head win-rates of P3O and APA against PPO at matched KL.
 
-  python benchmarks/frontier.py                      # 3 seeds x 3 strengths x 8 methods (hours on a CPU)
-  python benchmarks/frontier.py --seeds 0 --strengths 1 --steps 4  # a smaller run; the docs say which
+  python benchmarks/frontier.py --shared runs/pipeline   # 3 seeds x 3 strengths x 9 methods (many hours on a CPU)
+  python benchmarks/frontier.py --seeds 0 --methods p3o-v1 ppo  # a part; finished runs are reused
 
-1. one labelled pair set and one reward model (the main job's stages, cached under OUT/shared)
-2. every (method, strength, seed): train against the reward model (DPO: on the labelled pairs), then
-   `rlcf eval` on the held-out demo prompts against the initial policy: VADER gold score, KL (k1, k3), win-rate
-3. the frontier table and plot (gold score against KL to the initial policy) written to docs/frontier/,
-   with the command line and the wall time
-Runs already finished (final model and eval.json present) are reused, so the script can be resumed.
+1. one labelled pair set and one reward model (the main job's label and rm stages, reused from --shared or
+   built under OUT/shared)
+2. every (method, strength, seed): train in the seeds' top-blocks mode (only the top --trainable-blocks blocks
+   learn; the frozen copies of those blocks are the reference) against the reward model (DPO: on the labelled
+   pairs), then `rlcf eval` on the held-out demo prompts against the initial policy: VADER gold score, KL (k1,
+   k3), win-rate, and the samples (eval.samples.jsonl)
+3. head-to-head: for every P3O / APA run, the PPO run (fixed or adaptive, same seed) whose KL is nearest; the
+   gold judge (VADER) compares their responses to the same held-out prompts; win-rates pooled over seeds with
+   Wilson intervals
+4. the frontier table and plot (gold score against KL to the initial policy), the head-to-head table and one
+   line per method, written to docs/frontier/ with the command and the wall time
+Runs already finished (final model and eval.json present) are reused, so the script can be resumed, and the
+report is rewritten from every finished run of the grid (missing runs are listed).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
 import shlex
 import sys
@@ -26,25 +35,28 @@ from pathlib import Path
 import torch
 
 from rlcf.config import DPOStageConfig, PipelineConfig
-from rlcf.evaluate import run_eval
+from rlcf.evaluate import run_eval, wilson_interval
 from rlcf.label import run_label
 from rlcf.offline import run_dpo
 from rlcf.pipeline import wire
-from rlcf.plot import collect_runs, write_report
+from rlcf.plot import aggregate, collect_runs, write_report
 from rlcf.rm import run_rm
 from rlcf.trainer import train
 
 # method -> (algo, fixed overrides, strength field, strengths: weak to strong KL control)
 METHODS = {
-    "ppo": ("ppo", {"ppo.kl_target": None}, "ppo.beta", (0.01, 0.05, 0.2)),
-    "awr": ("awr", {}, "awr.inv_lam", (1.0, 0.5, 0.25)),
-    "apa": ("apa", {}, "apa.lam", (0.03, 0.1, 0.3)),
     "p3o-v1": ("p3o", {"p3o.variant": "v1"}, "p3o.beta", (0.01, 0.05, 0.2)),
     "p3o-v2": ("p3o", {"p3o.variant": "v2"}, "p3o.beta", (0.01, 0.05, 0.2)),
+    "apa": ("apa", {}, "apa.lam", (0.03, 0.1, 0.3)),
+    "ppo": ("ppo", {"ppo.kl_target": None}, "ppo.beta", (0.01, 0.05, 0.2)),
+    "ppo-adaptive": ("ppo", {"ppo.beta": 0.05}, "ppo.kl_target", (6.0, 3.0, 1.0)),
     "rloo": ("rloo", {}, "rloo.beta", (0.01, 0.05, 0.2)),
     "grpo": ("grpo", {}, "grpo.beta", (0.01, 0.04, 0.2)),
+    "awr": ("awr", {}, "awr.inv_lam", (1.0, 0.5, 0.25)),
     "dpo": ("dpo", {}, "beta", (0.05, 0.1, 0.5)),
 }
+HEAD_TO_HEAD = ("p3o-v1", "p3o-v2", "apa")
+"""Methods compared against PPO at matched KL."""
 
 
 def _set(cfg, dotted: str, value) -> None:
@@ -52,6 +64,73 @@ def _set(cfg, dotted: str, value) -> None:
     for p in path:
         cfg = getattr(cfg, p)
     setattr(cfg, last, value)
+
+
+def run_name(method: str, strength: float, seed: int) -> str:
+    return f"{method}-{METHODS[method][2].split('.')[-1]}{strength:g}-seed{seed}"
+
+
+def finished(run_dir: Path) -> bool:
+    return (run_dir / "final").exists() and (run_dir / "eval.json").exists()
+
+
+def gold_by_prompt(run_dir: Path) -> dict[tuple[int, int], float]:
+    rows = [json.loads(x) for x in (run_dir / "eval.samples.jsonl").read_text().splitlines() if x.strip()]
+    return {(r["prompt_index"], r["sample"]): r["policy_gold"] for r in rows}
+
+
+def head_to_head(runs) -> list[dict]:
+    """Each P3O / APA run against the PPO run (fixed or adaptive KL, same seed) with the nearest eval KL: the gold
+    judge's outcome per held-out prompt (1 win, 0.5 tie, 0 loss), pooled over seeds per (method, strength)."""
+    ppo = [r for r in runs if r.algo in ("ppo", "ppo-adaptive") and r.final_kl is not None]
+    rows: dict[tuple, dict] = {}
+    for r in runs:
+        if r.algo not in HEAD_TO_HEAD or r.final_kl is None:
+            continue
+        rivals = [p for p in ppo if p.seed == r.seed]
+        if not rivals:
+            continue
+        rival = min(rivals, key=lambda p: abs(p.final_kl - r.final_kl))
+        mine, theirs = gold_by_prompt(r.path), gold_by_prompt(rival.path)
+        outcomes = [1.0 if mine[k] > theirs[k] else 0.5 if mine[k] == theirs[k] else 0.0 for k in mine if k in theirs]
+        row = rows.setdefault((r.algo, r.strength_label), {"method": r.algo, "strength": r.strength_label,
+                                                           "outcomes": [], "kl": [], "rival_kl": [], "rivals": []})
+        row["outcomes"] += outcomes
+        row["kl"].append(r.final_kl)
+        row["rival_kl"].append(rival.final_kl)
+        row["rivals"].append(f"{rival.algo} {rival.strength_label} (seed {rival.seed})")
+    out = []
+    for row in rows.values():
+        n = len(row["outcomes"])
+        rate = sum(row["outcomes"]) / n
+        lo, hi = wilson_interval(rate, n)
+        out.append({**{k: v for k, v in row.items() if k != "outcomes"}, "n": n, "win_rate": rate, "ci95": (lo, hi),
+                    "seeds": len(row["kl"])})
+    return sorted(out, key=lambda x: (x["method"], x["strength"]))
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+def method_lines(runs) -> list[str]:
+    """One line per method: each strength's gold and KL (mean +- standard error over seeds) and the gold gained
+    over the initial policy per nat of KL."""
+    lines = []
+    for method in METHODS:
+        groups = [g for g in aggregate([r for r in runs if r.algo == method])
+                  if g.mean["gold"] is not None and g.mean["kl"] is not None]
+        if not groups:
+            continue
+        parts = []
+        for g in groups:
+            ref = [r.eval.get("reference/gold/mean") for r in g.runs if r.eval.get("reference/gold/mean") is not None]
+            gain = (g.mean["gold"] - _mean(ref)) / g.mean["kl"] if ref and g.mean["kl"] and g.mean["kl"] > 0 else None
+            parts.append(f"{g.strength_label}: gold {g.mean['gold']:.3f} ± {g.stderr['gold']:.3f} at KL "
+                         f"{g.mean['kl']:.2f} ± {g.stderr['kl']:.2f} nats ({g.n['gold']} seed{'s' * (g.n['gold'] > 1)}"
+                         + (f", {gain:.3f} gold per nat" if gain is not None else "") + ")")
+        lines.append(f"- **{method}**: " + "; ".join(parts) + ".")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -63,45 +142,51 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--strengths", nargs="+", type=int, default=[0, 1, 2],
-                    help="which of each method's three strengths to run (0 weakest KL control, 1 default, 2 strongest)")
+                    help="which of each method's three strengths to run (0 weakest KL control, 1 middle, 2 strongest)")
     ap.add_argument("--prompts-per-step", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=40)
-    ap.add_argument("--steps", type=int, default=10, help="RL steps per run (DPO: one epoch over the pairs)")
+    ap.add_argument("--steps", type=int, default=20, help="RL steps per run (DPO: one epoch over the pairs)")
+    ap.add_argument("--trainable-blocks", type=int, default=2, help="top blocks trained (the seeds' top-blocks mode)")
+    ap.add_argument("--lr", type=float, default=1e-4, help="RL learning rate (top blocks only)")
+    ap.add_argument("--dpo-lr", type=float, default=1e-5)
     ap.add_argument("--eval-prompts", type=int, default=64)
     ap.add_argument("--model", default="embedded")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from the finished runs")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     out = Path(args.out)
+    command = "python benchmarks/frontier.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
     # 1. shared pairs and reward model: the main job's label and rm stages
     base = PipelineConfig(output_dir=args.shared or str(out / "shared"))
     base.train.model.name_or_path = args.model
+    base.train.model.reference, base.train.model.trainable_blocks = "top_blocks", args.trainable_blocks
+    base.train.optim.lr = args.lr
     base.train.steps = args.steps
     base.train.progress = False
     base.train.rollout.prompts_per_step = args.prompts_per_step
     base.train.rollout.max_new_tokens = base.eval.rollout.max_new_tokens = args.max_new_tokens
     base = wire(base)
-    if not Path(base.label.output).exists():
-        run_label(base.label)
-    if not (Path(base.rm.output_dir) / "final").exists():
-        run_rm(base.rm)
+    if not args.report_only:
+        if not Path(base.label.output).exists():
+            run_label(base.label)
+        if not (Path(base.rm.output_dir) / "final").exists():
+            run_rm(base.rm)
 
-    # 2. every (method, strength, seed)
-    run_dirs = []
-    for method in args.methods:
-        algo, fixed, field_name, strengths = METHODS[method]
-        for strength in [strengths[i] for i in args.strengths]:
-            for seed in args.seeds:
-                run_dir = out / f"{method}-{field_name.split('.')[-1]}{strength:g}-seed{seed}"
-                run_dirs.append(run_dir)
-                if (run_dir / "final").exists() and (run_dir / "eval.json").exists():
+    # 2. every (seed, method, strength): seeds outermost, so a part that stops early has whole seeds
+    for seed in [] if args.report_only else args.seeds:
+        for method in args.methods:
+            algo, fixed, field_name, strengths = METHODS[method]
+            for strength in [strengths[i] for i in args.strengths]:
+                run_dir = out / run_name(method, strength, seed)
+                if finished(run_dir):
                     continue
                 t0 = time.perf_counter()
                 if algo == "dpo":
                     cfg = DPOStageConfig(data=base.label.output, beta=strength, seed=seed, output_dir=str(run_dir),
                                          progress=False, eval_fraction=0.0)
-                    cfg.model.name_or_path = args.model
-                    cfg.optim.lr = 3e-6
+                    cfg.model = copy.deepcopy(base.train.model)
+                    cfg.optim.lr = args.dpo_lr
                     final = run_dpo(cfg)
                 else:
                     cfg = copy.deepcopy(base.train)
@@ -113,28 +198,62 @@ def main(argv=None) -> int:
                 ev = copy.deepcopy(base.eval)
                 ev.model, ev.output, ev.seed, ev.max_prompts = str(final), str(run_dir / "eval.json"), 1000 + seed, args.eval_prompts
                 run_eval(ev)
+                (run_dir / "frontier_run.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
                 print(f"{run_dir.name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
-    # 3. table and plot into the docs
-    wall = time.perf_counter() - t_start
-    runs = collect_runs(run_dirs)
-    command = "python benchmarks/frontier.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    # 3. every finished run of the whole grid, whichever invocation made it
+    grid = [out / run_name(m, st, sd) for sd in (0, 1, 2) for m in METHODS for st in METHODS[m][3]]
+    done = [d for d in grid if finished(d)]
+    missing = [d.name for d in grid if not finished(d)]
+    if not done:
+        print("no finished runs yet")
+        return 0
+    runs = collect_runs(done)
+    run_seconds = sum(json.loads((d / "frontier_run.json").read_text())["seconds"]
+                      for d in done if (d / "frontier_run.json").exists())
+    log = out / "invocations.jsonl"
+    if not args.report_only:
+        with open(log, "a") as f:
+            f.write(json.dumps({"command": command, "minutes": (time.perf_counter() - t_start) / 60}) + "\n")
+    invocations = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+    # 4. the report
     title = "Frontier on the embedded task: gold (VADER) score against KL to the initial policy"
     report = write_report(runs, args.docs, title=title)
     rm_metrics = [json.loads(x) for x in (Path(base.rm.output_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    rm_acc = [m["eval/accuracy"] for m in rm_metrics if "eval/accuracy" in m]
-    header = (
-        f"Command: `{command}`  \n"
-        f"Wall time: {wall / 60:.1f} min on {platform.machine()} ({torch.get_num_threads()} threads"
-        f"{', CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else ', CPU only'})  \n"
-        f"Shared reward model: held-out pairwise accuracy {rm_acc[-1] if rm_acc else float('nan'):.3f}; "
-        f"{args.steps} RL steps per run of {base.train.rollout.prompts_per_step} prompts x {base.train.rollout.group_size}; "
-        f"evaluation on {args.eval_prompts} held-out prompts, win-rate judged by VADER against the initial policy.\n\n"
-    )
+    rm_eval = [m for m in rm_metrics if "eval/accuracy" in m]
+    rm_line = (f"held-out pairwise accuracy {rm_eval[-1]['eval/accuracy']:.3f} on {rm_eval[-1].get('eval/examples', '?')} "
+               "pairs" if rm_eval else "no held-out accuracy")
+    device = f"CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU only"
+    header = [
+        "Commands (each a part of the grid; finished runs are reused):", "",
+        *[f"- `{i['command']}` ({i['minutes']:.1f} min)" for i in invocations], "",
+        f"Compute: {run_seconds / 60:.0f} min of training + evaluation for {len(done)} runs on {platform.machine()} "
+        f"({torch.get_num_threads()} threads, {device}).  ",
+        f"Setup: {args.steps} RL steps per run of {base.train.rollout.prompts_per_step} prompts x "
+        f"{base.train.rollout.group_size} samples, {args.max_new_tokens} new tokens, top {args.trainable_blocks} blocks "
+        f"trained (lr {args.lr:g}; DPO lr {args.dpo_lr:g}, one epoch over the pairs); shared reward model: {rm_line}; "
+        f"evaluation on {args.eval_prompts} held-out prompts, gold = VADER, win-rate against the initial policy.  ",
+        f"Runs finished: {len(done)} of {len(grid)}" + (f"; missing: {', '.join(missing)}." if missing else "."), "",
+    ]
+    h2h = head_to_head(runs)
+    h2h_lines = ["## Head-to-head against PPO at matched KL", "",
+                 "For each run, the PPO run of the same seed (fixed or adaptive KL) with the nearest KL; VADER judges "
+                 "the two responses to each held-out prompt (ties 0.5). Pooled over seeds; Wilson 95% interval with "
+                 "n = prompts x seeds.", "",
+                 "| method | strength | seeds | KL (nats) | PPO KL (nats) | win-rate vs PPO | 95% interval | n | PPO runs |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+    for r in h2h:
+        h2h_lines.append(f"| {r['method']} | {r['strength']} | {r['seeds']} | {_mean(r['kl']):.2f} | "
+                         f"{_mean(r['rival_kl']):.2f} | {r['win_rate']:.3f} | {r['ci95'][0]:.3f} to {r['ci95'][1]:.3f} | "
+                         f"{r['n']} | {', '.join(r['rivals'])} |")
+    per_method = ["## Per method (mean ± standard error over seeds)", "", *method_lines(runs), ""]
     text = report.read_text()
     first_break = text.index("\n") + 1
-    report.write_text(text[:first_break] + "\n" + header + text[first_break:])
-    print(f"\nFrontier report: {report} ({wall / 60:.1f} min)")
+    report.write_text(text[:first_break] + "\n" + "\n".join(header) + "\n" + "\n".join(per_method) + "\n"
+                      + "\n".join(h2h_lines) + "\n\n" + text[first_break:])
+    (Path(args.docs) / "head_to_head.json").write_text(json.dumps(h2h, indent=1))
+    print(f"\nFrontier report: {report} ({(time.perf_counter() - t_start) / 60:.1f} min)")
     return 0
 
 

@@ -40,9 +40,10 @@ def run_cli(args, cwd) -> subprocess.CompletedProcess:
 
 
 def test_pipeline_end_to_end_then_cached(tiny_model_dir, prompts_file, tmp_path):
-    # labelling 8 prompts gives at most 8 pairs; a bigger prompt file gives the reward model something to learn
-    lines = Path(prompts_file).read_text().splitlines()
-    Path(prompts_file).write_text("\n".join(lines * 6) + "\n")
+    # 8 prompts are too few for the reward model (pairs of one prompt are one row): 48 distinct ones, each
+    # sampled 4 times and judged in up to 6 pairs (the pipeline's K = 4)
+    prompts = [json.loads(x)["prompt"] for x in Path(prompts_file).read_text().splitlines() if x.strip()]
+    Path(prompts_file).write_text("".join(json.dumps({"prompt": f"{p} ({i})"}) + "\n" for i in range(6) for p in prompts))
     config = pipeline_yaml(tmp_path, tiny_model_dir, prompts_file)
     first = run_cli(["pipeline", "--config", str(config)], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -65,6 +66,11 @@ def test_pipeline_end_to_end_then_cached(tiny_model_dir, prompts_file, tmp_path)
     assert ev["policy"]["gold/mean"] > ev["reference"]["gold/mean"] + 0.05, ev
     assert ev["win_rate"]["win_rate"] > 0.5
     assert report.exists() and "frontier" in report.read_text().lower()
+    # sample pairs (initial against trained) from the eval's samples, with their gold scores
+    samples = [json.loads(x) for x in (out / "train" / "eval.samples.jsonl").read_text().splitlines()]
+    text = report.read_text()
+    assert "### Samples" in text and f"**Prompt:** {samples[0]['prompt'].strip()}" in text
+    assert f"gold {samples[0]['policy_gold']:.3f}" in text
 
     second = run_cli(["pipeline", "--config", str(config)], tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]

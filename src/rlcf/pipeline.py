@@ -150,10 +150,34 @@ def _append_to_report(report: Path, summary: dict) -> None:
         lines.append(f"Win-rate of the trained policy against the initial one ({wr.get('judge')}): {f(wr.get('win_rate'))} "
                      f"(95% interval {f(lo)} to {f(hi)}; {wr.get('wins')} wins, {wr.get('ties')} ties, "
                      f"{wr.get('losses')} losses).")
+    lines += sample_lines(Path(summary["eval"].get("samples_file", "")))
     lines.append(f"\nStage times (s, as first computed): {summary['seconds']}; reused by this run: "
                  f"{', '.join(summary.get('reused', [])) or 'none'}.")
     with open(report, "a") as fh:
         fh.write("\n".join(lines) + "\n")
+
+
+def sample_lines(samples_file: Path, n: int = 4) -> list[str]:
+    """Markdown for the first n held-out prompts (not chosen by score): the initial and the trained policy's
+    responses with their gold and reward-model scores, so a reader sees what the numbers mean."""
+    if not samples_file.is_file():
+        return []
+    rows = [json.loads(x) for x in samples_file.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r.get("sample", 0) == 0][:n]
+
+    def quote(text: str) -> str:
+        return "\n".join("> " + line for line in (text.strip() or "(empty)").splitlines())
+
+    def scores(r: dict, side: str) -> str:
+        parts = [f"{name} {r[f'{side}_{key}']:.3f}" for key, name in (("gold", "gold"), ("reward", "reward model"))
+                 if r.get(f"{side}_{key}") is not None]
+        return f" ({', '.join(parts)})" if parts else ""
+
+    lines = ["", f"### Samples: the first {len(rows)} held-out prompts, initial policy against trained policy", ""]
+    for r in rows:
+        lines += [f"**Prompt:** {r['prompt'].strip()}", "", f"Initial{scores(r, 'reference')}:", "",
+                  quote(r["reference_response"]), "", f"Trained{scores(r, 'policy')}:", "", quote(r["policy_response"]), ""]
+    return lines
 
 
 def _print_summary(summary: dict, report: Path) -> None:

@@ -2,8 +2,8 @@
 
 What is read from each run folder (everything else is ignored):
 
-- `config.yaml` (optional): `algo` (a `rlcf train` run; P3O is named with its variant, `p3o-v1` / `p3o-v2`;
-  `offline_data` set makes it `<algo>-offline`), `seed`,
+- `config.yaml` (optional): `algo` (a `rlcf train` run; P3O is named with its variant, `p3o-v1` / `p3o-v2`,
+  PPO with a KL target `ppo-adaptive`; `offline_data` set makes it `<algo>-offline`), `seed`,
   and the KL strength of the algorithm's section: `p3o.beta`, `ppo.kl_target` (or `ppo.beta` when the
   target is null), `apa.lam`, `awr.inv_lam`, `rloo.beta`, `grpo.beta`. A config without `algo` is a stage:
   top-level `beta` -> dpo (strength `beta`), `model` as a string -> rm, else `data` -> sft.
@@ -167,14 +167,14 @@ def _algo_and_strength(cfg: dict) -> tuple[str, Optional[str], Optional[float]]:
             return "rm", None, None
         return ("sft", None, None) if "data" in cfg else ("unknown", None, None)
     section = cfg.get(algo) or {}
+    label = str(algo)
     if algo == "ppo":
-        if section.get("kl_target") is not None:
-            name = "kl_target"
-        else:
-            name = "beta"
+        adaptive = isinstance(section, dict) and section.get("kl_target") is not None
+        name, label = ("kl_target", "ppo-adaptive") if adaptive else ("beta", "ppo")
     else:
         name = STRENGTH_KEYS.get(algo, "beta")
-    label = f"{algo}-{section['variant']}" if algo == "p3o" and isinstance(section, dict) and section.get("variant") else str(algo)
+    if algo == "p3o" and isinstance(section, dict) and section.get("variant"):
+        label = f"p3o-{section['variant']}"
     label = f"{label}-offline" if cfg.get("offline_data") else label
     value = _num(section.get(name)) if isinstance(section, dict) else None
     return label, (name if value is not None else None), value
