@@ -19,7 +19,7 @@ COMMANDS = {
     "rm": (RMConfig, "reward model from (prompt, chosen, rejected) pairs, Bradley-Terry loss", "rlcf.rm:run_rm"),
     "dpo": (DPOStageConfig, "DPO on (prompt, chosen, rejected) pairs against the frozen initial policy",
             "rlcf.offline:run_dpo"),
-    "label": (LabelConfig, "sample response pairs from a policy and let a judge pick the better one",
+    "label": (LabelConfig, "sample K responses per prompt from a policy and let a judge compare them in pairs",
               "rlcf.label:run_label"),
     "eval": (EvalConfig, "reward, gold score, KL to the reference, length and win-rate of a policy",
              "rlcf.evaluate:run_eval"),

@@ -468,7 +468,7 @@ class PlotConfig:
 
 def _pipeline_label() -> LabelConfig:
     return LabelConfig(judge="rlcf.demo.gold:vader", max_prompts=256,
-                       rollout=RolloutConfig(prompts_per_step=64, group_size=2, max_new_tokens=40))
+                       rollout=RolloutConfig(prompts_per_step=64, group_size=4, max_new_tokens=40))
 
 
 def _pipeline_train() -> TrainConfig:
@@ -496,7 +496,7 @@ class PipelineConfig:
     """Title of the report."""
     label: LabelConfig = field(default_factory=_pipeline_label)
     rm: RMConfig = field(default_factory=lambda: RMConfig(num_layers=4, eval_fraction=0.15,
-                                                          optim=OptimConfig(lr=5e-5, epochs=2, minibatch_prompts=8)))
+                                                          optim=OptimConfig(lr=1e-4, epochs=3, minibatch_prompts=8)))
     train: TrainConfig = field(default_factory=_pipeline_train)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(gold="rlcf.demo.gold:vader", max_prompts=64,
                                                                 rollout=RolloutConfig(prompts_per_step=64, group_size=1,
