@@ -472,7 +472,7 @@ def _pipeline_label() -> LabelConfig:
 
 
 def _pipeline_train() -> TrainConfig:
-    cfg = TrainConfig(algo="p3o", steps=25, save_every=5)
+    cfg = TrainConfig(algo="p3o", steps=20, save_every=5)
     cfg.reward.function = None
     cfg.reward.gold = "rlcf.demo.gold:vader"
     cfg.model.reference, cfg.model.trainable_blocks = "top_blocks", 2
