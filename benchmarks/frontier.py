@@ -156,6 +156,11 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     out = Path(args.out)
     command = "python benchmarks/frontier.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    log = out / "invocations.jsonl"  # every command that trained, logged when it starts (a part may be stopped)
+    if not args.report_only:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            f.write(json.dumps({"command": command, "started": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
 
     # 1. shared pairs and reward model: the main job's label and rm stages
     base = PipelineConfig(output_dir=args.shared or str(out / "shared"))
@@ -211,10 +216,6 @@ def main(argv=None) -> int:
     runs = collect_runs(done)
     run_seconds = sum(json.loads((d / "frontier_run.json").read_text())["seconds"]
                       for d in done if (d / "frontier_run.json").exists())
-    log = out / "invocations.jsonl"
-    if not args.report_only:
-        with open(log, "a") as f:
-            f.write(json.dumps({"command": command, "minutes": (time.perf_counter() - t_start) / 60}) + "\n")
     invocations = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
 
     # 4. the report
@@ -227,7 +228,7 @@ def main(argv=None) -> int:
     device = f"CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU only"
     header = [
         "Commands (each a part of the grid; finished runs are reused):", "",
-        *[f"- `{i['command']}` ({i['minutes']:.1f} min)" for i in invocations], "",
+        *[f"- `{i['command']}` (started {i['started']})" for i in invocations], "",
         f"Compute: {run_seconds / 60:.0f} min of training + evaluation for {len(done)} runs on {platform.machine()} "
         f"({torch.get_num_threads()} threads, {device}).  ",
         f"Setup: {args.steps} RL steps per run of {base.train.rollout.prompts_per_step} prompts x "
