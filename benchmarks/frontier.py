@@ -209,7 +209,12 @@ def main(argv=None) -> int:
     # 3. every finished run of the whole grid, whichever invocation made it
     grid = [out / run_name(m, st, sd) for sd in (0, 1, 2) for m in METHODS for st in METHODS[m][3]]
     done = [d for d in grid if finished(d)]
-    missing = [d.name for d in grid if not finished(d)]
+    missing = {}  # seed -> methods with a missing strength
+    for sd in (0, 1, 2):
+        for m in METHODS:
+            n = sum(not finished(out / run_name(m, st, sd)) for st in METHODS[m][3])
+            if n:
+                missing.setdefault(sd, []).append(m if n == 3 else f"{m} ({n} of 3)")
     if not done:
         print("no finished runs yet")
         return 0
@@ -235,7 +240,9 @@ def main(argv=None) -> int:
         f"{base.train.rollout.group_size} samples, {args.max_new_tokens} new tokens, top {args.trainable_blocks} blocks "
         f"trained (lr {args.lr:g}; DPO lr {args.dpo_lr:g}, one epoch over the pairs); shared reward model: {rm_line}; "
         f"evaluation on {args.eval_prompts} held-out prompts, gold = VADER, win-rate against the initial policy.  ",
-        f"Runs finished: {len(done)} of {len(grid)}" + (f"; missing: {', '.join(missing)}." if missing else "."), "",
+        f"Runs finished: {len(done)} of {len(grid)}"
+        + ("; missing: " + "; ".join(f"seed {sd}: {', '.join(ms)}" for sd, ms in missing.items()) + "." if missing else "."),
+        "",
     ]
     h2h = head_to_head(runs)
     h2h_lines = ["## Head-to-head against PPO at matched KL", "",
