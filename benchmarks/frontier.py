@@ -2,7 +2,7 @@
 KL), RLOO, GRPO, AWR and DPO, over seeds and KL strengths, sharing one reward model and one evaluation, and the
 head-to-head win-rates of P3O and APA against PPO at matched KL.
 
-  python benchmarks/frontier.py --shared runs/pipeline   # 3 seeds x 3 strengths x 9 methods (many hours on a CPU)
+  python benchmarks/frontier.py --shared runs/pipeline   # 3 seeds x 3 strengths x 9 methods (about 7 h on 2 cores)
   python benchmarks/frontier.py --seeds 0 --methods p3o-v1 ppo  # a part; finished runs are reused
 
 1. one labelled pair set and one reward model (the main job's label and rm stages, reused from --shared or
@@ -126,9 +126,13 @@ def method_lines(runs) -> list[str]:
         for g in groups:
             ref = [r.eval.get("reference/gold/mean") for r in g.runs if r.eval.get("reference/gold/mean") is not None]
             gain = (g.mean["gold"] - _mean(ref)) / g.mean["kl"] if ref and g.mean["kl"] and g.mean["kl"] > 0 else None
-            parts.append(f"{g.strength_label}: gold {g.mean['gold']:.3f} ± {g.stderr['gold']:.3f} at KL "
-                         f"{g.mean['kl']:.2f} ± {g.stderr['kl']:.2f} nats ({g.n['gold']} seed{'s' * (g.n['gold'] > 1)}"
-                         + (f", {gain:.3f} gold per nat" if gain is not None else "") + ")")
+            se_gold, se_kl, over = g.stderr["gold"], g.stderr["kl"], f"{g.n['gold']} seeds"
+            if g.n["gold"] == 1:  # one seed: the eval's own standard errors, over held-out prompts
+                ev = g.runs[0].eval
+                se_gold, se_kl = ev.get("policy/gold/stderr", math.nan), ev.get("policy/kl/k1_seq_stderr", math.nan)
+                over = "1 seed, ± over prompts"
+            parts.append(f"{g.strength_label}: gold {g.mean['gold']:.3f} ± {se_gold:.3f} at KL {g.mean['kl']:.2f} ± "
+                         f"{se_kl:.2f} nats ({over}" + (f", {gain:.3f} gold per nat" if gain is not None else "") + ")")
         lines.append(f"- **{method}**: " + "; ".join(parts) + ".")
     return lines
 
@@ -144,10 +148,10 @@ def main(argv=None) -> int:
     ap.add_argument("--strengths", nargs="+", type=int, default=[0, 1, 2],
                     help="which of each method's three strengths to run (0 weakest KL control, 1 middle, 2 strongest)")
     ap.add_argument("--prompts-per-step", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--steps", type=int, default=20, help="RL steps per run (DPO: one epoch over the pairs)")
     ap.add_argument("--trainable-blocks", type=int, default=2, help="top blocks trained (the seeds' top-blocks mode)")
-    ap.add_argument("--lr", type=float, default=1e-4, help="RL learning rate (top blocks only)")
+    ap.add_argument("--lr", type=float, default=2e-4, help="RL learning rate (top blocks only)")
     ap.add_argument("--dpo-lr", type=float, default=1e-5)
     ap.add_argument("--eval-prompts", type=int, default=64)
     ap.add_argument("--model", default="embedded")
@@ -255,7 +259,8 @@ def main(argv=None) -> int:
         h2h_lines.append(f"| {r['method']} | {r['strength']} | {r['seeds']} | {_mean(r['kl']):.2f} | "
                          f"{_mean(r['rival_kl']):.2f} | {r['win_rate']:.3f} | {r['ci95'][0]:.3f} to {r['ci95'][1]:.3f} | "
                          f"{r['n']} | {', '.join(r['rivals'])} |")
-    per_method = ["## Per method (mean ± standard error over seeds)", "", *method_lines(runs), ""]
+    per_method = ["## Per method (mean ± standard error: over seeds, or over prompts for one seed)", "",
+                  *method_lines(runs), ""]
     text = report.read_text()
     first_break = text.index("\n") + 1
     report.write_text(text[:first_break] + "\n" + "\n".join(header) + "\n" + "\n".join(per_method) + "\n"
