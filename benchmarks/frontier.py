@@ -16,7 +16,8 @@ head-to-head win-rates of P3O and APA against PPO at matched KL.
    Wilson intervals
 4. the frontier table and plot (gold score against KL to the initial policy), the head-to-head table and one
    line per method, written to docs/frontier/ with the command and the wall time
-Runs already finished (final model and eval.json present) are reused, so the script can be resumed, and the
+Runs already finished (evaluated: eval.json and frontier_run.json present) are reused, so the script can be resumed,
+and their weights are deleted unless --keep-weights (81 runs would take about 70 GB), and the
 report is rewritten from every finished run of the grid (missing runs are listed).
 """
 
@@ -28,6 +29,7 @@ import json
 import math
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -71,7 +73,8 @@ def run_name(method: str, strength: float, seed: int) -> str:
 
 
 def finished(run_dir: Path) -> bool:
-    return (run_dir / "final").exists() and (run_dir / "eval.json").exists()
+    """Trained and evaluated; frontier_run.json is written last, after the evaluation."""
+    return (run_dir / "eval.json").exists() and (run_dir / "frontier_run.json").exists()
 
 
 def gold_by_prompt(run_dir: Path) -> dict[tuple[int, int], float]:
@@ -155,6 +158,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dpo-lr", type=float, default=1e-5)
     ap.add_argument("--eval-prompts", type=int, default=64)
     ap.add_argument("--model", default="embedded")
+    ap.add_argument("--keep-weights", action="store_true",
+                    help="keep each run's checkpoints and final model (about 0.9 GB a run; by default they are deleted "
+                         "once the run is evaluated, since the report needs only its metrics, eval.json and samples)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from the finished runs")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
@@ -208,6 +214,9 @@ def main(argv=None) -> int:
                 ev.model, ev.output, ev.seed, ev.max_prompts = str(final), str(run_dir / "eval.json"), 1000 + seed, args.eval_prompts
                 run_eval(ev)
                 (run_dir / "frontier_run.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+                if not args.keep_weights:  # the report reads metrics, eval.json and samples only
+                    for sub in ("checkpoints", "final"):
+                        shutil.rmtree(run_dir / sub, ignore_errors=True)
                 print(f"{run_dir.name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
     # 3. every finished run of the whole grid, whichever invocation made it
