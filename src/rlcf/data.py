@@ -12,29 +12,209 @@ from dataclasses import dataclass
 import torch
 
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_FORMATS_HINT = "a .jsonl, .json, .csv or .parquet file"
+# extensions that mark a name as a file, never a hub dataset, even when the file is missing
+_FILE_EXTS = set(_LOCAL_FORMATS) | {".txt", ".tsv", ".gz", ".zip", ".xz", ".bz2", ".arrow", ".xlsx", ".yaml", ".yml"}
 
 
 class DataError(ValueError):
     pass
 
 
-def load_rows(source: str, split: str = "train") -> list[dict]:
-    """Rows of a local JSONL / JSON / CSV / Parquet file, or of a hub dataset (needs the network)."""
+def looks_like_local_path(name: str) -> bool:
+    """True when `name` can only mean something on this disk: it starts with '/', './', '../' or '~', holds a
+    backslash or more than one '/', is no valid hub id, or its first folder exists here ('runs/x' with ./runs).
+    Such a name is never sent to the hub, so a typo gives 'does not exist' instead of a network error."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or name in (".", "..") or "\\" in name:
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return "/" in name and os.path.isdir(name.split("/")[0])
+
+
+def near_miss(path: str) -> str:
+    """What is near a missing path, as ' (...)' for an error message: a missing folder, or a close name beside it."""
+    import difflib
+
+    folder = os.path.dirname(path.rstrip("/")) or "."
+    if not os.path.isdir(folder):
+        return f" (the folder {folder} does not exist either)"
+    close = difflib.get_close_matches(os.path.basename(path.rstrip("/")), os.listdir(folder), n=1, cutoff=0.85)
+    return f" (did you mean {os.path.join(os.path.dirname(path.rstrip('/')), close[0])}?)" if close else ""
+
+
+def _missing_file(source: str, path: str) -> DataError:
+    return DataError(f"{source}: no such file{near_miss(path)}; check the path, or pass {_FORMATS_HINT} "
+                     "or a hub dataset name")
+
+
+def one_line(e: BaseException, innermost: bool = True) -> str:
+    """`e` as 'Type: message' on one line; innermost: its root cause instead (datasets wraps the parser's error)."""
+    while innermost and e.__cause__ is not None:
+        e = e.__cause__
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
+def _json_type(value) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _read_text(path: str, source: str) -> str:
+    """The file as text (UTF-8, a leading byte-order mark dropped); other bytes are an error naming the line."""
+    data = open(path, "rb").read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{source}, line {line}: not UTF-8 text ({e.reason}, byte {data[e.start]:#x}); "
+                        "save the file as UTF-8") from None
+
+
+def _read_json(path: str, source: str) -> tuple[list[dict], list[int] | None]:
+    """Rows of a JSON-lines file (one object per line; blank lines skipped) or of a JSON array of objects, read
+    here rather than by datasets so that an error names its line. Returns the rows and, for JSON lines, the
+    line of each row."""
+    import json
+
+    text = _read_text(path, source)
+    if not text.strip():
+        return [], None
+    try:
+        doc = json.loads(text)
+        whole_error = None
+    except json.JSONDecodeError as e:
+        doc, whole_error = None, e
+    if isinstance(doc, list):
+        for i, row in enumerate(doc):
+            if not isinstance(row, dict):
+                raise DataError(f"{source}, item {i + 1} of the JSON array: expected an object such as "
+                                f'{{"prompt": "..."}}, got {_json_type(row)}; fix or delete it')
+        return doc, None
+    if isinstance(doc, dict) and ("\n" in text.strip() or _nested_rows_key(doc)):
+        raise DataError(_single_object_message(doc, source))
+    rows, lines = [], []
+    first = True
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            # a document spread over lines (a pretty-printed array or object): its own error has the right line
+            if whole_error is not None and (text.lstrip().startswith("[") or (
+                    first and whole_error.lineno > n and whole_error.msg != "Extra data")):
+                e, n = whole_error, whole_error.lineno
+            raise DataError(f"{source}, line {n}: not valid JSON ({e.msg} at column {e.colno}); "
+                            "fix or delete that line") from None
+        if not isinstance(row, dict):
+            raise DataError(f'{source}, line {n}: expected a JSON object such as {{"prompt": "..."}}, got '
+                            f"{_json_type(row)}; fix or delete that line")
+        rows.append(row)
+        lines.append(n)
+        first = False
+    return rows, lines
+
+
+def _nested_rows_key(doc: dict) -> str | None:
+    """The key of a list of row objects inside one JSON object ({"data": [{...}, ...]}); chat messages are not rows."""
+    for k, v in doc.items():
+        if isinstance(v, list) and v and all(isinstance(x, dict) and "role" not in x for x in v):
+            return k
+    return None
+
+
+def _single_object_message(doc: dict, source: str) -> str:
+    want = 'rlcf reads rows: JSON lines (one object per line) or a JSON array of objects [{"prompt": ...}, ...]'
+    if (key := _nested_rows_key(doc)) is not None:
+        return f"{source}: one JSON object with the rows under '{key}'; {want}: save that list on its own"
+    if doc and all(isinstance(v, list) for v in doc.values()):
+        return f"{source}: one JSON object of columns ({', '.join(doc)}), not rows; {want}"
+    return f"{source}: one JSON object (fields: {', '.join(doc) or 'none'}), not a list of rows; {want}"
+
+
+def _read_table(path: str, source: str, ext: str) -> list[dict]:
     import datasets
 
-    ext = os.path.splitext(source)[1].lower()
-    if ext in _LOCAL_FORMATS:
-        if not os.path.exists(source):
-            raise DataError(f"{source}: no such file")
-        try:
-            ds = datasets.load_dataset(_LOCAL_FORMATS[ext], data_files=source, split="train")
-        except Exception as e:  # datasets wraps parse errors in many types
-            raise DataError(f"{source}: cannot be read as {ext[1:]} ({type(e).__name__}: {e})") from e
-    elif os.path.exists(source):
-        raise DataError(f"{source}: unsupported file type '{ext}'; use .jsonl, .json, .csv or .parquet")
-    else:
-        ds = datasets.load_dataset(source, split=split)
-    return list(ds)
+    if ext == ".csv":
+        if _check_csv(path, source) == 0:  # nothing, or a header only: datasets raises an opaque error
+            return []
+    elif os.path.getsize(path) == 0:
+        return []
+    try:
+        return list(datasets.load_dataset(_LOCAL_FORMATS[ext], data_files=path, split="train"))
+    except Exception as e:  # datasets wraps parse errors in many types: name the parser's own
+        raise DataError(f"{source}: cannot be read as {ext[1:]} ({one_line(e)}); fix the file or save it "
+                        f"as {_FORMATS_HINT}") from e
+
+
+def _check_csv(path: str, source: str) -> int:
+    """The number of data rows; a row with more fields than the header (an unquoted comma, which pandas would
+    silently turn into an index column) or text that is not UTF-8 is an error naming its line."""
+    import csv
+    import io
+
+    text = _read_text(path, source)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header, n_rows = None, 0
+    for fields in reader:
+        if not any(f.strip() for f in fields):
+            continue
+        if header is None:
+            header = fields
+            continue
+        n_rows += 1
+        if len(fields) > len(header):
+            raise DataError(f"{source}, line {reader.line_num}: {len(fields)} fields, but the header has {len(header)} "
+                            f"({', '.join(header)}); put a field that holds a comma in double quotes")
+    return n_rows
+
+
+def _read_source(source: str, split: str) -> tuple[list[dict], list[int] | None]:
+    """Rows of `source` and, for a JSON-lines file, the line of each row (else None)."""
+    if not source or not source.strip():
+        raise DataError(f"no data given: pass {_FORMATS_HINT}, or a hub dataset name")
+    path = os.path.expanduser(source)
+    ext = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path):
+        raise DataError(f"{source} is a folder; pass {_FORMATS_HINT} (or a hub dataset name)")
+    if os.path.exists(path):
+        if ext in (".jsonl", ".json"):
+            return _read_json(path, source)
+        if ext in _LOCAL_FORMATS:
+            return _read_table(path, source, ext), None
+        kind = f"file type '{ext}'" if ext else "file without an extension"
+        raise DataError(f"{source}: unsupported {kind}; use {_FORMATS_HINT} (name it by its format)")
+    if ext in _FILE_EXTS or looks_like_local_path(source):
+        raise _missing_file(source, path)
+    import datasets
+
+    try:
+        return list(datasets.load_dataset(source, split=split)), None
+    except Exception as e:  # not found, no network, no such split...: one line naming the name
+        raise DataError(f"{source}: not a local file, and loading it as a hub dataset failed "
+                        f"({one_line(e, innermost=False)}); pass {_FORMATS_HINT}, or a hub dataset name such as "
+                        "'owner/name'") from e
+
+
+def load_rows(source: str, split: str = "train") -> list[dict]:
+    """Rows of a local JSONL / JSON / CSV / Parquet file, or of a hub dataset (needs the network). An unreadable
+    file is a DataError naming it (and for JSON, the line); a missing file is never looked up on the hub."""
+    return _read_source(source, split)[0]
+
+
+def _type_name(value) -> str:
+    return "NoneType (an empty cell or null)" if value is None else type(value).__name__
+
+
+def _row_where(source: str, i: int, lines: list[int] | None) -> str:
+    """'FILE, row 3', with its line when that differs (JSON lines with blank lines in between)."""
+    line = f" (line {lines[i]})" if lines is not None and lines[i] != i + 1 else ""
+    return f"{source}, row {i + 1}{line}"
 
 
 def parse_columns(spec: str, known: tuple[str, ...], option: str = "--columns") -> dict[str, str]:
@@ -60,7 +240,7 @@ def load_records(source: str, text: tuple[str, ...] = (), numbers: tuple[str, ..
 
     fields = text + numbers + messages
     mapping = parse_columns(columns, fields, option)
-    rows = load_rows(source, split)
+    rows, lines = _read_source(source, split)
     if not rows:
         raise DataError(f"{source}: the dataset is empty; it needs rows with fields {', '.join(fields)}")
     col = {f: mapping.get(f, f) for f in fields}
@@ -74,10 +254,12 @@ def load_records(source: str, text: tuple[str, ...] = (), numbers: tuple[str, ..
         rec = {}
         for f in fields:
             value = row.get(col[f])
-            where = f"{source}, row {i + 1}, field '{col[f]}'"
+            where = f"{_row_where(source, i, lines)}, field '{col[f]}'"
+            if col[f] not in row:  # JSON lines need not all have the same fields
+                raise DataError(f"{where}: missing; add the field or remove the row")
             if f in text:
                 if not isinstance(value, str):
-                    raise DataError(f"{where}: expected a string, got {type(value).__name__}; fix or remove the row")
+                    raise DataError(f"{where}: expected a string, got {_type_name(value)}; fix or remove the row")
                 if not value.strip():
                     raise DataError(f"{where}: empty text; fill it in or remove the row")
             elif f in numbers:
@@ -110,7 +292,7 @@ def load_prompts(source: str, column: str = "prompt", split: str = "train") -> l
         from .demo.task import load_prompts as demo_prompts
 
         return [Prompt(text=p, chat=None) for p in demo_prompts(split)]
-    rows = load_rows(source, split)
+    rows, lines = _read_source(source, split)
     if not rows:
         raise DataError(f"{source}: the dataset is empty; it needs at least one row with a '{column}' field")
     if column not in rows[0]:
@@ -121,7 +303,9 @@ def load_prompts(source: str, column: str = "prompt", split: str = "train") -> l
     prompts = []
     for i, row in enumerate(rows):
         value = row.get(column)
-        where = f"{source}, row {i + 1}, field '{column}'"
+        where = f"{_row_where(source, i, lines)}, field '{column}'"
+        if column not in row:  # JSON lines need not all have the same fields
+            raise DataError(f"{where}: missing; add the field or remove the row")
         if isinstance(value, list):
             prompts.append(Prompt(text=_messages_text(value, where), chat=value))
         elif isinstance(value, str):
@@ -129,14 +313,16 @@ def load_prompts(source: str, column: str = "prompt", split: str = "train") -> l
                 raise DataError(f"{where}: empty prompt; remove the row or fill it in")
             prompts.append(Prompt(text=value, chat=None))
         else:
-            raise DataError(f"{where}: expected a string or a list of chat messages, got {type(value).__name__}")
+            raise DataError(f"{where}: expected a string or a list of chat messages, got {_type_name(value)}; "
+                            "fix or remove the row")
     return prompts
 
 
 def _messages_text(messages: list, where: str) -> str:
     for j, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: message {j} must be {{'role': str, 'content': str}}")
+            got = f"fields {', '.join(map(str, m))}" if isinstance(m, dict) else _json_type(m)
+            raise DataError(f"{where}: message {j} must be {{'role': str, 'content': str}}, got {got}")
     if not messages:
         raise DataError(f"{where}: empty list of messages")
     return "\n".join(m["content"] for m in messages if m["role"] != "system")
