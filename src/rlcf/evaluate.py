@@ -37,7 +37,7 @@ from torch import Tensor
 from .config import EvalConfig, RolloutConfig
 from .data import DataError, Prompt, left_pad, load_prompts, prepare_prompts
 from .generation import GenerationBackend, HFBackend, eval_mode, make_backend
-from .judges import Judge, make_judge
+from .judges import Judge, make_judge, public_url
 from .kl import kl_estimate
 from .models import load_causal_lm, load_tokenizer, resolve_model_path, response_logprobs
 from .rewards import RewardSource, check_scores, load_callable
@@ -262,6 +262,14 @@ def _check_same_vocabulary(policy_tok, reference_tok, cfg: EvalConfig) -> None:
                          "paired sampling need the same vocabulary: pass the reference the policy was trained from")
 
 
+def _public_config(cfg: EvalConfig) -> dict:
+    """The config for the report, the judge's URL as public_url shows it (its query or user:password@ may be a key)."""
+    config = dataclasses.asdict(cfg)
+    if config["judge"].get("llm_url"):
+        config["judge"]["llm_url"] = public_url(config["judge"]["llm_url"])
+    return config
+
+
 def run_eval(cfg: EvalConfig) -> Path:
     """`rlcf eval`: writes cfg.output (JSON report) and a sibling .samples.jsonl; prints a table; returns the report path."""
     t_start = time.perf_counter()
@@ -311,7 +319,7 @@ def run_eval(cfg: EvalConfig) -> Path:
         "sampling": {"temperature": cfg.rollout.temperature, "top_k": cfg.rollout.top_k, "top_p": cfg.rollout.top_p,
                      "max_new_tokens": cfg.rollout.max_new_tokens, "seed": cfg.seed},
         "samples_file": str(samples_path),
-        "config": dataclasses.asdict(cfg),
+        "config": _public_config(cfg),
     }
     report["time_s"]["total_s"] = time.perf_counter() - t_start
     out.parent.mkdir(parents=True, exist_ok=True)

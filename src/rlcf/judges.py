@@ -12,10 +12,13 @@ returning, per row, P(a is better than b): 1 = a wins, 0 = b wins, 0.5 = a tie (
 - LLMJudge: an OpenAI-compatible chat-completions endpoint, asked both orders to cancel position bias.
   Standard library only (urllib), a small thread pool, retries with backoff. The API key is read from
   an environment variable, sent only as a Bearer header, and scrubbed from every error and log line.
+  Credentials in the URL itself (?api-key=..., user:password@) are sent (the query as is, user:password as
+  basic auth) but never shown: reports, logs and errors carry public_url(url), with both as ***.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -99,21 +102,62 @@ def parse_verdict(content: str) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+def _redact(text: str, secrets) -> str:
+    """`text` with every secret (a string, or an iterable of them; empty ones skipped) replaced by '***'."""
+    if isinstance(secrets, str) or secrets is None:
+        secrets = [secrets]
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):  # longest first: a part never leaks
+        text = text.replace(secret, "***")
+    return text
 
 
-def _public_url(url: str) -> str:
-    """The URL without user:password@ and without a query string (either may carry a credential)."""
+def public_url(url: str) -> str:
+    """The URL as it may be shown (reports, logs, errors): a user:password@ becomes ***@ and a query string ?***
+    (either may carry a credential, e.g. ?api-key=...); the fragment is dropped."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # unparseable (e.g. an unclosed IPv6 bracket): cut by hand
+        scheme, sep, rest = url.partition("://")
+        rest, query, _ = rest.split("#")[0].partition("?")
+        authority, slash, path = rest.partition("/")
+        authority = "***@" + authority.rpartition("@")[2] if "@" in authority else authority
+        return f"{scheme}{sep}{authority}{slash}{path}" + ("?***" if query else "")
+    _, at, host = parts.netloc.rpartition("@")
+    netloc = f"***@{host}" if at else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+
+_public_url = public_url  # the old name
+
+
+def request_url(url: str) -> str:
+    """The chat-completions URL for a base URL: path + '/chat/completions' (unless it ends so already), the query
+    string kept, user:password@ and the fragment dropped (the credentials go in a header)."""
     parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+    path = parts.path.rstrip("/")
+    if not path.endswith("/chat/completions"):
+        path += "/chat/completions"
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, path, parts.query, ""))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of a URL that may be credentials: the user, the password, the query string and its values."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    user, _, password = userinfo.partition(":")
+    found = [userinfo, user, password, urllib.parse.unquote(user), urllib.parse.unquote(password)]
+    if parts.query:
+        found.append(parts.query)
+        for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+            found += [value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)]
+            if not value:  # ?TOKEN with no '=': the name is the secret
+                found.append(key)
+    return [s for s in found if len(s) >= 3]  # shorter ones would mangle every message and hide nothing
 
 
 class LLMJudge:
-    """An OpenAI-compatible chat-completions endpoint as a judge (POST {url}/chat/completions).
+    """An OpenAI-compatible chat-completions endpoint as a judge (POST {url path}/chat/completions?{url query}).
 
     Each pair is asked twice, a shown first and b shown first; P(a better) is the mean of the two
     verdicts, so both agreeing gives 1 or 0 and a judge that always picks one position gives 0.5.
@@ -129,21 +173,43 @@ class LLMJudge:
         if not url:
             raise ValueError("judge.kind=llm needs an endpoint: set --judge.llm-url (e.g. https://api.openai.com/v1) "
                              "or the environment variable RLCF_JUDGE_URL")
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise ValueError(f"judge.llm_url {_public_url(url)!r}: must start with http:// or https://")
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError as e:
+            raise ValueError(f"judge.llm_url {public_url(url)!r}: not a valid URL ({e})") from None
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"judge.llm_url {public_url(url)!r}: must start with http:// or https://")
+        if not parts.hostname:
+            raise ValueError(f"judge.llm_url {public_url(url)!r}: has no host; expected e.g. https://api.openai.com/v1")
         if retries < 0 or timeout_s <= 0 or max_workers < 1:
             raise ValueError(f"LLMJudge: retries ({retries}) must be >= 0, timeout_s ({timeout_s}) > 0, "
                              f"max_workers ({max_workers}) >= 1")
-        self.endpoint = url.rstrip("/") + "/chat/completions"
+        # the URL may carry credentials (?api-key=..., user:password@): only public_url() of it is ever shown
+        self._request_url = request_url(url)
+        self.endpoint = public_url(self._request_url)
         self.model = model
         self.api_key_env = api_key_env
         self._api_key = os.environ.get(api_key_env) or None  # never logged, never in an error or report
+        self._secrets = url_secrets(url) + ([self._api_key] if self._api_key else [])
+        # user:password@ in the URL is sent as HTTP basic auth (urllib would put it in the Host header), unless
+        # an API key is set: then the key's Bearer header is the Authorization
+        userinfo = parts.netloc.rpartition("@")[0]
+        self._basic = None
+        if userinfo and not self._api_key:
+            user, _, password = userinfo.partition(":")
+            pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+            self._basic = base64.b64encode(pair.encode()).decode()
+            self._secrets.append(self._basic)
+        elif userinfo:
+            logger.warning("judge.llm_url has user:password@ and $%s is set: the key is sent, the URL's "
+                           "credentials are not", api_key_env)
         self.timeout_s = timeout_s
         self.retries = retries
         self.max_workers = max_workers
         self.backoff_s = backoff_s
         self.max_tokens = max_tokens
-        self.name = f"llm:{model}@{_public_url(url)}"
+        self.name = f"llm:{model}@{public_url(url)}"
 
     @classmethod
     def from_config(cls, cfg: JudgeConfig, **kwargs) -> "LLMJudge":
@@ -192,8 +258,11 @@ class LLMJudge:
                              f"it starts {self._quote(content if isinstance(content, str) else repr(content))}")
         return verdict
 
+    def _redact(self, text) -> str:
+        return _redact(str(text), self._secrets)
+
     def _quote(self, text: str, limit: int = 200) -> str:
-        text = _redact(text, self._api_key)
+        text = self._redact(text)
         return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
     def _post(self, body: dict) -> str:
@@ -201,8 +270,10 @@ class LLMJudge:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
+        elif self._basic:
+            headers["Authorization"] = f"Basic {self._basic}"
         for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.endpoint, data=data, headers=headers, method="POST")
+            request = urllib.request.Request(self._request_url, data=data, headers=headers, method="POST")
             retry_after = None
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
@@ -210,16 +281,20 @@ class LLMJudge:
             except urllib.error.HTTPError as e:
                 text = e.read().decode("utf-8", errors="replace") if e.fp is not None else ""
                 if e.code != 429 and e.code < 500:
-                    hint = f" (is ${self.api_key_env} set to a valid key?)" if e.code in (401, 403) else ""
-                    raise JudgeError(f"judge {self.name}: HTTP {e.code} {e.reason}{hint}; "
+                    hint = ""
+                    if e.code in (401, 403):
+                        hint = (" (are the URL's user:password right?)" if self._basic else
+                                f" (is ${self.api_key_env} set to a valid key?)")
+                    raise JudgeError(f"judge {self.name}: HTTP {e.code} {self._redact(e.reason)}{hint}; "
                                      f"the reply starts {self._quote(text)}") from None
-                problem = f"HTTP {e.code} {e.reason}: {self._quote(text, 120)}"
+                problem = f"HTTP {e.code} {self._redact(e.reason)}: {self._quote(text, 120)}"
                 retry_after = _retry_after_s(e.headers.get("Retry-After") if e.headers else None)
             except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
                 reason = getattr(e, "reason", e)
-                problem = f"{type(e).__name__}: {_redact(str(reason), self._api_key)}"
+                problem = f"{type(e).__name__}: {self._redact(reason)}"
             if attempt == self.retries:
-                raise JudgeError(f"judge {self.name}: request failed {self.retries + 1} times, last: {problem}; "
+                raise JudgeError(f"judge {self.name}: request failed {self.retries + 1} "
+                                 f"time{'s' if self.retries else ''}, last: {problem}; "
                                  "check the endpoint, or raise --judge.retries / --judge.timeout-s") from None
             wait = retry_after if retry_after is not None else self.backoff_s * 2**attempt * (1 + 0.1 * random.random())
             logger.warning("judge %s: %s; retry %d/%d in %.1fs", self.name, problem, attempt + 1, self.retries, wait)

@@ -1,16 +1,38 @@
-"""Reward sources (a Python callable, an HF sequence-classification model) and score preprocessing."""
+"""Reward sources (a Python callable, an HF sequence-classification model) and score preprocessing.
+
+A user's scoring function (the reward, a gold scorer) is never trusted: what it raises, a call that never
+returns (with a timeout) and what it returns (a count, a non-number, a NaN) all become a RewardError, one
+line naming the function, the problem and the batch, the original exception chained for a debugger.
+"""
 
 from __future__ import annotations
 
 import importlib
 import math
+import numbers
+import threading
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 
-def load_callable(spec: str, what: str = "reward function") -> Callable:
+class RewardError(ValueError):
+    """A reward function or gold scorer failed on a batch: it raised, gave no answer in time, or returned
+    something that is not one finite number per response. `spec` is the function ('module:function') or model."""
+
+    def __init__(self, message: str, spec: str | None = None):
+        super().__init__(message)
+        self.spec = spec
+
+    def at(self, where: str) -> "RewardError":
+        """The same error with `where` (e.g. 'step 12') in front; raise it `from err.__cause__` to keep the chain."""
+        new = RewardError(f"{where}: {self}", self.spec)
+        new.__cause__ = self.__cause__
+        return new
+
+
+def import_callable(spec: str, what: str = "reward function") -> Callable:
     """Import 'module:function'. Only an import by name: nothing from a config is ever evaluated."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -29,42 +51,158 @@ def load_callable(spec: str, what: str = "reward function") -> Callable:
     return fn
 
 
-def check_scores(values, prompts: Sequence[str], responses: Sequence[str], source: str) -> Tensor:
-    """The scores as a float tensor [B]; a wrong count, a non-number or a NaN is an error naming the row."""
-    try:
-        values = [float(v) for v in values]
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"reward {source}: must return a sequence of numbers, one per response ({e})") from e
+def load_callable(spec: str, what: str = "reward function", timeout_s: float | None = None) -> "ScoreFunction":
+    """Import a `(prompts, responses) -> scores` function and guard it (see ScoreFunction); used for gold scorers."""
+    return ScoreFunction(import_callable(spec, what), spec, what, timeout_s)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def call_with_timeout(fn: Callable, args: tuple, timeout_s: float | None, spec: str, what: str = "reward function"):
+    """fn(*args), with a RewardError naming `spec` when it raises or does not return within timeout_s seconds.
+
+    timeout_s=None calls fn in this thread. Otherwise fn runs in a daemon thread: a thread cannot be killed,
+    so a call that hangs is abandoned (it keeps its thread until it returns, its result is dropped) and the
+    process can still exit. The caller's torch grad mode and CUDA device are set in that thread too.
+    """
+    n = len(args[-1]) if args and hasattr(args[-1], "__len__") else "?"
+    if timeout_s is None:
+        try:
+            return fn(*args)
+        except Exception as e:
+            raise RewardError(f"{what} {spec!r} raised {type(e).__name__}: {_one_line(e)} "
+                              f"(on a batch of {n} responses)", spec) from e
+    grad = torch.is_grad_enabled()
+    cuda_device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    box: dict = {}
+    done = threading.Event()
+
+    def run():
+        try:
+            if cuda_device is not None:
+                torch.cuda.set_device(cuda_device)
+            with torch.set_grad_enabled(grad):
+                box["value"] = fn(*args)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"rlcf {what} {spec}", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise RewardError(f"{what} {spec!r} gave no answer within {timeout_s:g} s (on a batch of {n} responses); "
+                          "check the function or the server it calls, or raise reward.timeout_s", spec)
+    if "error" in box:
+        e = box["error"]
+        raise RewardError(f"{what} {spec!r} raised {type(e).__name__}: {_one_line(e)} "
+                          f"(on a batch of {n} responses)", spec) from e
+    return box["value"]
+
+
+class ScoreFunction:
+    """A user's `(prompts, responses) -> scores` function, guarded: called with call_with_timeout and its
+    result checked with check_scores, so every failure is a RewardError naming `spec`. Returns a float tensor [B]."""
+
+    def __init__(self, fn: Callable, spec: str, what: str = "reward function", timeout_s: float | None = None):
+        if timeout_s is not None and not (timeout_s > 0 and math.isfinite(timeout_s)):
+            raise ValueError(f"{what} {spec!r}: timeout_s={timeout_s} must be a number of seconds > 0, "
+                             "or None for no timeout")
+        self.fn, self.spec, self.what, self.timeout_s = fn, spec, what, timeout_s
+        self.name = spec
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
+        prompts, responses = list(prompts), list(responses)
+        values = call_with_timeout(self.fn, (prompts, responses), self.timeout_s, self.spec, self.what)
+        return check_scores(values, prompts, responses, self.spec, self.what)
+
+    def __repr__(self) -> str:
+        return f"ScoreFunction({self.what} {self.spec!r}, timeout_s={self.timeout_s})"
+
+
+def _number(v) -> float | None:
+    """v as a float when it is one number (int, float, bool, a numpy or torch scalar), else None."""
+    if isinstance(v, numbers.Real):  # int, float, bool, Fraction, numpy int/float scalars
+        return float(v)
+    if isinstance(v, Tensor):
+        return float(v) if v.numel() == 1 and not v.is_complex() else None
+    kind = getattr(getattr(v, "dtype", None), "kind", None)  # numpy bool scalars, 0-d arrays
+    return float(v) if kind in ("b", "i", "u", "f") and getattr(v, "size", None) == 1 else None
+
+
+def _as_list(values, what: str, source: str) -> list:
+    """The scores as a list (elements not yet checked) from a list/tuple, or a numpy array or tensor [B] or [B, 1]."""
+    shape = getattr(values, "shape", None)
+    if shape is not None and hasattr(values, "tolist"):  # a tensor or a numpy array
+        shape = tuple(shape)
+        if len(shape) == 2 and shape[1] == 1:
+            values = values.reshape(-1)
+        elif len(shape) != 1:
+            raise RewardError(f"{what} {source!r}: returned an array of shape {list(shape)}; it must return one number "
+                              "per response (a list, or an array or tensor of shape [B])", source)
+        if isinstance(values, Tensor):
+            values = values.detach().cpu()
+        return values.tolist()
+    if values is None or isinstance(values, (str, bytes, dict, numbers.Number)) or not hasattr(values, "__iter__"):
+        raise RewardError(f"{what} {source!r}: returned {type(values).__name__} {_one_line(repr(values), 60)}; it must "
+                          "return a sequence of numbers, one per response (a list, numpy array or tensor)", source)
+    return list(values)
+
+
+def check_scores(values, prompts: Sequence[str], responses: Sequence[str], source: str,
+                 what: str = "reward", finite: bool = True) -> Tensor:
+    """The scores as a float tensor [B]. A wrong count, a non-number (a string such as "1.5", None, a list) or
+    (with finite) a NaN/inf is a RewardError naming `what`, `source` and the first bad row. Numbers, bools, numpy
+    arrays and tensors are accepted; strings are never parsed (a string is most often text where a score was
+    meant). finite=False lets NaN/inf through, for the trainer to skip that batch's update."""
+    values = _as_list(values, what, source)
     if len(values) != len(responses):
-        raise ValueError(
-            f"reward {source}: returned {len(values)} values for {len(responses)} responses; "
-            "it must return exactly one float per (prompt, response)"
-        )
+        raise RewardError(
+            f"{what} {source!r}: returned {len(values)} values for {len(responses)} responses; "
+            "it must return exactly one float per (prompt, response)", source)
+    out = []
     for i, v in enumerate(values):
-        if not math.isfinite(v):
-            raise ValueError(
-                f"reward {source}: value {v} for row {i} (prompt {prompts[i][:60]!r}, response {responses[i][:60]!r}); "
-                "rewards must be finite numbers"
-            )
-    return torch.tensor(values, dtype=torch.float32)
+        x = _number(v)
+        if x is None:
+            hint = ("parse text in the function, e.g. float(text)" if isinstance(v, (str, bytes)) else
+                    "give every response a number, e.g. 0.0 when there is nothing to score" if v is None else
+                    "one number per response, not a list or an object")
+            raise RewardError(f"{what} {source!r}: row {i} is {_one_line(repr(v), 60)} ({type(v).__name__}), not a "
+                              f"number; it must return one int or float per response ({hint})", source)
+        if finite and not math.isfinite(x):
+            raise RewardError(
+                f"{what} {source!r}: value {x} for row {i} (prompt {prompts[i][:60]!r}, "
+                f"response {responses[i][:60]!r}); rewards must be finite numbers", source)
+        out.append(x)
+    return torch.tensor(out, dtype=torch.float32)
 
 
 class RewardSource:
-    """Calls a `(prompts, responses) -> floats` function, or scores with an HF reward model."""
+    """Calls a `(prompts, responses) -> floats` function, or scores with an HF reward model.
+
+    A function's NaN or inf is an error naming the row (a bug in the function); a reward model's (a half-precision
+    overflow, a rare input) passes through, and the trainer skips that batch's update (bounded in a row).
+
+    timeout_s: seconds a reward function may take on one batch before it is a RewardError (None: no limit, the
+    call stays in this thread). Applies to a function only; a reward model runs in this thread.
+    """
 
     def __init__(self, function: str | None = None, model: str | None = None, batch_size: int = 32, device="cpu",
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, timeout_s: float | None = None):
         if model:
-            self.name = model
+            self.name, self.what = model, "reward model"
             self._fn = HFRewardModel(model, batch_size=batch_size, device=device, trust_remote_code=trust_remote_code)
         elif function:
-            self.name = function
-            self._fn = load_callable(function)
+            self.name, self.what = function, "reward function"
+            self._fn = load_callable(function, "reward function", timeout_s)
         else:
             raise ValueError("reward: set reward.function ('module:function') or reward.model (a folder or hub id)")
 
     def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
-        return check_scores(self._fn(list(prompts), list(responses)), prompts, responses, self.name)
+        return check_scores(self._fn(list(prompts), list(responses)), prompts, responses, self.name, self.what,
+                            finite=self.what == "reward function")
 
 
 def reward_texts(tokenizer, prompts, responses) -> list[str]:
@@ -122,14 +260,20 @@ class RewardScaler:
     """Clip to [-clip, clip], then divide by a std: `running` (all scores so far), `ref` (first batch), `none`.
 
     No mean is subtracted (as in the seeds' code). The running std uses Welford's update.
+    A std below MIN_STD (a batch of equal scores, up to float rounding) measures no scale: dividing by it would
+    multiply rewards by up to 1e8, so while the std is below it scores are left unscaled (divided by 1). In
+    `ref` mode the reference std is taken from the first batch WITH spread (more than one score, std >= MIN_STD);
+    until one arrives scores are unscaled.
     """
+
+    MIN_STD = 1e-6
 
     def __init__(self, clip: float = 10.0, scaling: str = "running"):
         if scaling not in ("running", "ref", "none"):
             raise ValueError(f"reward.scaling={scaling!r}: choose running, ref or none")
         self.clip, self.scaling = clip, scaling
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
-        self.ref_std: float | None = None
+        self.ref_std: float | None = None  # None until a batch with spread has been seen
 
     def _update(self, x: Tensor):
         for v in x.double().tolist():
@@ -140,7 +284,18 @@ class RewardScaler:
 
     @property
     def std(self) -> float:
-        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
+        return math.sqrt(max(self.m2, 0.0) / (self.count - 1)) if self.count > 1 else 1.0
+
+    @property
+    def divisor(self) -> float:
+        """What scores are divided by now: the std in use, or 1 while there is none (or it is below MIN_STD)."""
+        if self.scaling == "ref":
+            std = self.ref_std
+        elif self.scaling == "running":
+            std = self.std
+        else:
+            return 1.0
+        return std if std is not None and std >= self.MIN_STD else 1.0
 
     def __call__(self, scores: Tensor, batch: Tensor | None = None) -> Tensor:
         """Scale `scores`; the statistics are taken from `batch` (every process's scores, gathered, so all
@@ -150,14 +305,19 @@ class RewardScaler:
         if self.scaling == "none":
             return scores
         if self.scaling == "ref":
-            if self.ref_std is None:
-                self.ref_std = float(batch.std()) if batch.numel() > 1 else 1.0
-            return scores / max(self.ref_std, 1e-8)
-        self._update(batch)
-        return scores / max(self.std, 1e-8)
+            if self.ref_std is None and batch.numel() > 1:
+                std = float(batch.double().std())
+                if std >= self.MIN_STD:
+                    self.ref_std = std
+        else:
+            self._update(batch)
+        return scores / self.divisor
 
     def state_dict(self) -> dict:
         return {"count": self.count, "mean": self.mean, "m2": self.m2, "ref_std": self.ref_std}
 
     def load_state_dict(self, state: dict):
-        self.count, self.mean, self.m2, self.ref_std = state["count"], state["mean"], state["m2"], state["ref_std"]
+        self.count, self.mean, self.m2 = state.get("count", 0), state.get("mean", 0.0), state.get("m2", 0.0)
+        ref_std = state.get("ref_std")
+        # a checkpoint written before MIN_STD may hold the std of a constant first batch: take a new reference
+        self.ref_std = ref_std if ref_std is not None and ref_std >= self.MIN_STD else None
