@@ -1,8 +1,13 @@
 """`rlcf <command>`: each command is one config dataclass, read from `--config FILE.yaml` and then
-overridden field by field on the command line (nested fields as `--ppo.beta 0.1`)."""
+overridden field by field on the command line (nested fields as `--ppo.beta 0.1`).
+
+The whole config is checked (types, ranges, rules between fields) before a command starts. An error reaches
+the user as one line; `--debug` (or RLCF_DEBUG=1) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -55,8 +60,10 @@ def load_config(cls, path: str | None):
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise SystemExit(f"rlcf: {path} is not valid YAML: {e}")
+    from .validate import check_types
+
     try:
-        return from_dict(cls, data, where=str(path))
+        return check_types(from_dict(cls, data, where=str(path)), yaml_file=str(path))
     except (TypeError, ValueError) as e:
         raise SystemExit(f"rlcf: {e}")
 
@@ -68,13 +75,14 @@ def parse(command: str, argv: list[str]):
     path, rest = _split_config_flag(argv)
     default = load_config(cls, path)
     return tyro.cli(cls, args=rest, default=default, prog=f"rlcf {command}", description=f"rlcf {command}: {doc}. "
-                    "Values come from --config FILE.yaml, then these flags.")
+                    "Values come from --config FILE.yaml, then these flags. --debug shows an error's traceback.")
 
 
 def _usage() -> str:
     lines = ["usage: rlcf <command> [--config FILE.yaml] [--field value ...]", "", "commands:"]
     lines += [f"  {name:<8} {doc}" for name, (_, doc, _) in COMMANDS.items()]
-    lines.append("\n`rlcf <command> --help` lists every option with its default.")
+    lines.append("\n`rlcf <command> --help` lists every option with its default; --debug (or RLCF_DEBUG=1) shows an "
+                 "error's traceback.")
     return "\n".join(lines)
 
 
@@ -84,21 +92,35 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     command, rest = argv[0], argv[1:]
+    debug = "--debug" in rest or os.environ.get("RLCF_DEBUG", "") not in ("", "0")
+    rest = [a for a in rest if a != "--debug"]
     if command not in COMMANDS:
         print(f"rlcf: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
     cfg = parse(command, rest)
     import importlib
 
-    from .data import DataError
+    from .safety import RunStopped
+    from .validate import validate
 
     module, _, fn = COMMANDS[command][2].partition(":")
-    runner = getattr(importlib.import_module(module), fn)
     try:
+        validate(cfg)
+        runner = getattr(importlib.import_module(module), fn)
         result = runner(cfg)
-    except (DataError, ValueError) as e:
+    except RunStopped as e:  # a signal: the checkpoint is written, the message says how to resume
         print(f"rlcf {command}: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"rlcf {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every error reaches the user as one line unless --debug
+        if debug:
+            raise
+        print(f"rlcf {command}: {one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, (ValueError, OSError)) else 1
     if command in ("train", "sft", "rm", "dpo"):
         out = Path(cfg.output_dir)
         print(f"\nDone. Outputs in {out.resolve()}:\n"
@@ -108,6 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     elif command != "pipeline":
         print(f"\nDone: {result}")
     return 0
+
+
+def one_line(e: BaseException) -> str:
+    """The error as one line: rlcf's own errors (ValueError and its kin) by their message; anything else with its
+    type and a pointer to --debug, since it may be a bug."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, ValueError):
+        return text
+    if isinstance(e, OSError):
+        return f"{type(e).__name__}: {text}"
+    return f"{type(e).__name__}: {text} (rerun with --debug for the traceback; if the input looks right, please report it)"
 
 
 if __name__ == "__main__":

@@ -188,6 +188,8 @@ class RewardConfig:
     """Scores are clipped to [-clip, clip]."""
     scaling: Literal["running", "ref", "none"] = "running"
     """running: divide by the running std of all scores; ref: by the first batch's std; none."""
+    timeout_s: Optional[float] = 600.0
+    """Longest wait for one batch from a reward function (or the server it calls), in seconds; None waits forever."""
 
 
 @dataclass
@@ -210,6 +212,9 @@ class OptimConfig:
     """Minibatches accumulated per optimiser step."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip; 0 turns it off."""
+    max_nonfinite_steps: int = 3
+    """An optimiser step with a non-finite loss, gradient or reward is skipped (and logged as optim/skipped);
+    this many in a row stop the run with an error."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast the training forward passes (accelerate); weights stay in model.dtype: keep float32 weights with
     bf16 autocast when the learning rate is small (pure bf16 weights round most AdamW updates of lr 1e-6 away)."""
@@ -240,7 +245,12 @@ class TrainConfig:
     save_every: int = 10
     """Checkpoint every N steps (0: only after the last step)."""
     resume: bool = True
-    """Resume from the newest checkpoint in output_dir if there is one."""
+    """Resume from the newest checkpoint in output_dir, if the run there has the same settings (those that change
+    the results; steps, save_every and progress may differ)."""
+    overwrite: bool = False
+    """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
+    force_resume: bool = False
+    """Resume although the stored config differs in settings that change the results (the run mixes both)."""
     progress: bool = True
     """Show a progress bar."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -285,7 +295,12 @@ class SFTConfig:
     save_every: int = 50
     """Checkpoint every N optimiser steps (0: only at the end)."""
     resume: bool = True
-    """Resume from the newest checkpoint in output_dir if there is one."""
+    """Resume from the newest checkpoint in output_dir, if the run there has the same settings (those that change
+    the results; steps, save_every and progress may differ)."""
+    overwrite: bool = False
+    """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
+    force_resume: bool = False
+    """Resume although the stored config differs in settings that change the results (the run mixes both)."""
     progress: bool = True
     """Show a progress bar."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -317,7 +332,12 @@ class DPOStageConfig:
     save_every: int = 50
     """Checkpoint every N optimiser steps (0: only at the end)."""
     resume: bool = True
-    """Resume from the newest checkpoint in output_dir if there is one."""
+    """Resume from the newest checkpoint in output_dir, if the run there has the same settings (those that change
+    the results; steps, save_every and progress may differ)."""
+    overwrite: bool = False
+    """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
+    force_resume: bool = False
+    """Resume although the stored config differs in settings that change the results (the run mixes both)."""
     progress: bool = True
     """Show a progress bar."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -355,7 +375,12 @@ class RMConfig:
     save_every: int = 50
     """Checkpoint every N optimiser steps (0: only at the end)."""
     resume: bool = True
-    """Resume from the newest checkpoint in output_dir if there is one."""
+    """Resume from the newest checkpoint in output_dir, if the run there has the same settings (those that change
+    the results; steps, save_every and progress may differ)."""
+    overwrite: bool = False
+    """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
+    force_resume: bool = False
+    """Resume although the stored config differs in settings that change the results (the run mixes both)."""
     progress: bool = True
     """Show a progress bar."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, epochs=2, minibatch_prompts=8))

@@ -15,7 +15,8 @@ from torch import Tensor
 from .config import DPOStageConfig
 from .data import DataError, check_length, left_pad, load_records, parse_columns
 from .losses import dpo_loss
-from .stages import Stage, encode_prompt, encode_response, right_pad, run_stage, use_chat_template
+from .stages import Stage, claim_run, encode_prompt, encode_response, right_pad, run_stage, use_chat_template
+from .validate import validate
 
 FIELDS = ("prompt", "chosen", "rejected")
 
@@ -29,9 +30,11 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
     if not cfg.data:
         raise DataError("rlcf dpo needs --data: a JSONL/JSON/CSV/Parquet file or a hub dataset with "
                         "prompt, chosen and rejected columns")
+    validate(cfg)  # before anything loads
     set_seed(cfg.seed)
     # data are checked before the models are loaded, so bad input fails fast
     rows = load_dpo_rows(cfg, load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code))
+    run = claim_run(cfg)  # may the output folder be started or resumed? (before the model loads)
     models = build_models(cfg.model, critic_kind=None)
     pad_id = models.tokenizer.pad_token_id
 
@@ -51,7 +54,7 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
         models.merged_policy().save_pretrained(folder)
         models.tokenizer.save_pretrained(folder)
 
-    return run_stage(cfg, Stage(name="dpo", model=models, rows=rows, collate=collate, loss_fn=loss_fn, save=save))
+    return run_stage(cfg, Stage(name="dpo", model=models, rows=rows, collate=collate, loss_fn=loss_fn, save=save), run)
 
 
 def load_dpo_rows(cfg: DPOStageConfig, tokenizer) -> list[dict]:

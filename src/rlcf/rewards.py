@@ -228,6 +228,9 @@ class HFRewardModel:
     def __init__(self, path: str, batch_size: int = 32, device="cpu", trust_remote_code: bool = False):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from .models import resolve_reward_model
+
+        path = resolve_reward_model(path)  # a missing folder or a causal LM is one clear line, before loading
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "right"
         self.tokenizer.truncation_side = "left"  # a long dialogue loses its start, never the response being scored

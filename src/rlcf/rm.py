@@ -22,7 +22,8 @@ from .config import RMConfig
 from .data import DataError, check_length, load_records, parse_columns
 from .losses import bradley_terry_loss
 from .rewards import reward_texts
-from .stages import Stage, right_pad, run_stage
+from .stages import Stage, claim_run, right_pad, run_stage
+from .validate import validate
 
 PAD_TOKEN = "<|pad|>"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -35,9 +36,11 @@ def run_rm(cfg: RMConfig) -> Path:
     if not cfg.data:
         raise DataError("rlcf rm needs --data: a JSONL/JSON/CSV/Parquet file or a hub dataset with "
                         "prompt, chosen and rejected columns")
+    validate(cfg)  # before anything loads
     set_seed(cfg.seed)
     tokenizer = load_rm_tokenizer(cfg.model, cfg.trust_remote_code)
     rows = load_rm_rows(cfg, tokenizer)  # checked before the model is loaded, so bad input fails fast
+    run = claim_run(cfg)  # may the output folder be started or resumed? (before the model loads)
     model = load_rm_model(cfg, tokenizer)
 
     def save(folder: Path) -> None:
@@ -46,7 +49,7 @@ def run_rm(cfg: RMConfig) -> Path:
 
     stage = Stage(name="rm", model=model, rows=rows, collate=lambda batch: rm_collate(batch, tokenizer.pad_token_id),
                   loss_fn=rm_batch_loss, save=save, size=rm_pairs)
-    return run_stage(cfg, stage)
+    return run_stage(cfg, stage, run)
 
 
 def load_rm_tokenizer(name_or_path: str, trust_remote_code: bool = False):

@@ -141,7 +141,9 @@ class RolloutEngine:
         scores = raw.clone()
         if self.cfg.missing_eos_penalty is not None:
             scores = scores - self.cfg.missing_eos_penalty * truncated.float()
-        scores = self.scaler(scores, self.gather(scores))
+        every = self.gather(scores)
+        if bool(torch.isfinite(every).all()):  # a non-finite batch is skipped by the trainer: keep it out of the stats
+            scores = self.scaler(scores, every)
         t0 = time.perf_counter()
         logprobs, ref_logprobs, values, hiddens = [], [], [], []
         n = self.cfg.forward_chunk

@@ -23,7 +23,8 @@ from .config import ModelConfig, SFTConfig
 from .data import DataError, check_length, left_pad, load_records, load_rows, parse_columns
 from .losses import sft_loss
 from .models import response_logprobs
-from .stages import Stage, encode_prompt, encode_response, right_pad, run_stage, use_chat_template
+from .stages import Stage, claim_run, encode_prompt, encode_response, right_pad, run_stage, use_chat_template
+from .validate import validate
 
 FIELDS = ("prompt", "completion", "messages")
 
@@ -37,10 +38,12 @@ def run_sft(cfg: SFTConfig) -> Path:
     if not cfg.data:
         raise DataError("rlcf sft needs --data: a JSONL/JSON/CSV/Parquet file or a hub dataset with "
                         "prompt/completion or messages rows")
+    validate(cfg)  # before anything loads
     set_seed(cfg.seed)
     # data are checked before the model is loaded, so bad input fails fast
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
     rows = load_sft_rows(cfg, tokenizer)
+    run = claim_run(cfg)  # may the output folder be started or resumed? (before the model loads)
     lm = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
     lm = select_trainable(lm, cfg.model)
 
@@ -51,7 +54,7 @@ def run_sft(cfg: SFTConfig) -> Path:
 
     stage = Stage(name="sft", model=lm, rows=rows, collate=partial(sft_collate, pad_id=tokenizer.pad_token_id),
                   loss_fn=sft_batch_loss, save=save)
-    return run_stage(cfg, stage)
+    return run_stage(cfg, stage, run)
 
 
 def load_sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:

@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from .accel import adamw, make_accelerator
-from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import to_dict
+from .checkpoint import CHECKPOINTS, atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
 from .data import DataError
+from .rundir import RunDir
+from .safety import NonFiniteGuard, StopSignals, stopped
+from .validate import validate
 
 
 @dataclass
@@ -80,13 +82,18 @@ def epoch_plan(train_idx: list[int], epoch: int, seed: int, minibatch: int, grad
     return [minibatches[s : s + grad_accum] for s in range(0, len(minibatches), grad_accum)]
 
 
-def run_stage(cfg, stage: Stage) -> Path:
+def claim_run(cfg) -> RunDir:
+    """The config's types, ranges and rules, then the output folder (may it be started or resumed into?), all
+    checked before anything loads; `RunDir.start()` writes there once everything has."""
+    return RunDir(validate(cfg))
+
+
+def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
     """Train `stage.model` on `stage.rows` as configured by cfg (an SFTConfig, RMConfig or DPOStageConfig:
-    optim, seed, eval_fraction, output_dir, save_every, resume, progress) and return the final model's folder."""
+    optim, seed, eval_fraction, output_dir, save_every, resume, progress) and return the final model's folder.
+    run: the folder claimed by `claim_run(cfg)` before the stage loaded its data and model."""
     opt = cfg.optim
-    if opt.epochs < 1 or opt.minibatch_prompts < 1 or opt.grad_accum < 1:
-        raise ValueError(f"optim.epochs={opt.epochs}, optim.minibatch_prompts={opt.minibatch_prompts} and "
-                         f"optim.grad_accum={opt.grad_accum} must all be at least 1")
+    run = claim_run(cfg) if run is None else run
     out = Path(cfg.output_dir)
     # optim.mixed_precision autocasts every loss_fn call (the reference's passes too); weights keep model.dtype
     accelerator = make_accelerator(mixed_precision=getattr(opt, "mixed_precision", "no"))
@@ -103,6 +110,8 @@ def run_stage(cfg, stage: Stage) -> Path:
     # 2. optimiser; resume from the newest checkpoint (weights, optimiser and RNG state)
     params = [p for p in stage.model.parameters() if p.requires_grad]
     optimizer = adamw(params, opt.lr, opt.betas, opt.weight_decay)
+    run.start(main)  # everything has loaded: claim the folder
+    accelerator.wait_for_everyone()
     start_step = 0
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
@@ -111,10 +120,10 @@ def run_stage(cfg, stage: Stage) -> Path:
     model, optimizer = accelerator.prepare(stage.model, optimizer)
     inner = accelerator.unwrap_model(model)
     metrics_path = out / "metrics.jsonl"
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        _drop_records_after(metrics_path, start_step)
+    if main and start_step:  # records of steps after the checkpoint are redone
+        truncate_metrics(metrics_path, start_step)
+    elif main:  # a fresh start redoes them all, step 0's evaluation too
+        metrics_path.unlink(missing_ok=True)
 
     def to_device(batch: dict) -> dict:
         return {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -152,47 +161,65 @@ def run_stage(cfg, stage: Stage) -> Path:
                    dynamic_ncols=True)
 
     # 3. epochs x optimiser steps x minibatches
-    plan, plan_epoch = None, -1
-    for step in range(start_step, total_steps):
-        t_step = time.perf_counter()
-        epoch, k = divmod(step, steps_per_epoch)
-        if epoch != plan_epoch:
-            plan, plan_epoch = epoch_plan(train_idx, epoch, cfg.seed, *plan_args), epoch
-        minibatches = plan[k]
-        model.train()
-        history: list[dict[str, Tensor]] = []
-        for j, idx in enumerate(minibatches):
-            batch = to_device(stage.collate([stage.rows[i] for i in idx]))
-            # gradients are only all-reduced on the step's last minibatch
-            last = j == len(minibatches) - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                with accelerator.autocast():
-                    loss, m = stage.loss_fn(model, batch)
-                accelerator.backward(loss / len(minibatches))
-            history.append({key: v.detach().float() for key, v in m.items()})
-        record = {"step": step + 1, "epoch": epoch + 1}
-        if opt.max_grad_norm > 0:
-            record["optim/grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm))
-        optimizer.step()
-        optimizer.zero_grad()
+    guard = NonFiniteGuard(opt.max_nonfinite_steps)
+    with StopSignals() as signals:
+        plan, plan_epoch = None, -1
+        last_saved = start_step
+        for step in range(start_step, total_steps):
+            got = signals.requested(accelerator)  # a preempted job stops here, at a step boundary, with a checkpoint
+            if got:
+                if last_saved != step:
+                    save_checkpoint(out, step, model, optimizer, accelerator, {"epoch": step // steps_per_epoch,
+                                                                              "stage": stage.name})
+                raise stopped(got, step, out / CHECKPOINTS, f"rlcf {stage.name} with the same --output-dir and settings")
+            t_step = time.perf_counter()
+            epoch, k = divmod(step, steps_per_epoch)
+            if epoch != plan_epoch:
+                plan, plan_epoch = epoch_plan(train_idx, epoch, cfg.seed, *plan_args), epoch
+            minibatches = plan[k]
+            model.train()
+            history: list[dict[str, Tensor]] = []
+            for j, idx in enumerate(minibatches):
+                batch = to_device(stage.collate([stage.rows[i] for i in idx]))
+                # gradients are only all-reduced on the step's last minibatch
+                last = j == len(minibatches) - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    with accelerator.autocast():
+                        loss, m = stage.loss_fn(model, batch)
+                    accelerator.backward(loss / len(minibatches))
+                history.append({key: v.detach().float() for key, v in m.items()})
+            record = {"step": step + 1, "epoch": epoch + 1}
+            norm = float(accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm or math.inf))
+            if opt.max_grad_norm > 0:
+                record["optim/grad_norm"] = norm
+            # a non-finite loss or gradient: no step (fp16's loss scaler skips its own overflow steps)
+            checked = {"loss": float(accelerator.reduce(loss.detach().float(), "mean"))}
+            if getattr(opt, "mixed_precision", "no") != "fp16":
+                checked["grad_norm"] = norm
+            if guard.ok(checked, f"rlcf {stage.name}, step {step + 1}"):
+                optimizer.step()
+            else:
+                record["optim/skipped"] = 1.0
+            optimizer.zero_grad()
 
-        # 4. log; evaluate at the end of each epoch; checkpoint
-        n_rows = sum(len(idx) for idx in minibatches)
-        record.update({key: float(torch.stack([m[key] for m in history if key in m]).mean())
-                       for key in dict.fromkeys(key for m in history for key in m)})
-        step_s = time.perf_counter() - t_step
-        record.update({"perf/step_s": step_s, "perf/rows_per_s": n_rows * accelerator.num_processes / step_s})
-        if (step + 1) % steps_per_epoch == 0:
-            record.update(evaluate())
-        write(record)
-        if bar is not None:
-            bar.update(1)
-            first_loss = next((key for key in record if key.startswith("loss/")), None)
-            if first_loss:
-                bar.set_postfix(loss=f"{record[first_loss]:.4f}")
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total_steps:
-            save_checkpoint(out, step + 1, model, optimizer, accelerator, {"epoch": epoch + 1, "stage": stage.name})
-        accelerator.wait_for_everyone()
+            # 4. log; evaluate at the end of each epoch; checkpoint
+            n_rows = sum(len(idx) for idx in minibatches)
+            record.update({key: float(torch.stack([m[key] for m in history if key in m]).mean())
+                           for key in dict.fromkeys(key for m in history for key in m)})
+            step_s = time.perf_counter() - t_step
+            record.update({"perf/step_s": step_s, "perf/rows_per_s": n_rows * accelerator.num_processes / step_s})
+            if (step + 1) % steps_per_epoch == 0:
+                record.update(evaluate())
+            write(record)
+            if bar is not None:
+                bar.update(1)
+                first_loss = next((key for key in record if key.startswith("loss/")), None)
+                if first_loss:
+                    bar.set_postfix(loss=f"{record[first_loss]:.4f}")
+            if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total_steps:
+                save_checkpoint(out, step + 1, model, optimizer, accelerator, {"epoch": epoch + 1, "stage": stage.name})
+                last_saved = step + 1
+            accelerator.wait_for_everyone()
     if bar is not None:
         bar.close()
 
@@ -203,17 +230,6 @@ def run_stage(cfg, stage: Stage) -> Path:
             stage.save(tmp)
     accelerator.wait_for_everyone()
     return final
-
-
-def _drop_records_after(path: Path, last_step: int) -> None:
-    """On resume, drop the records of steps after the checkpoint (they are redone); a fresh start drops all."""
-    if not path.exists():
-        return
-    if last_step == 0:
-        path.unlink()
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))
 
 
 # ---- tokenizing helpers shared by SFT and DPO ----------------------------------------------------------

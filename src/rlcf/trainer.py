@@ -7,24 +7,27 @@ Per step: 1. rollout -> 2. rewards (score, KL) -> 3. advantages -> 4. epochs x m
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from .accel import adamw, make_accelerator
-from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig, to_dict
+from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
+from .config import TrainConfig
 from .data import Prompt, check_length, left_pad, load_prompts, load_records, prepare_prompts, tokenize_prompts
 from .kl import kl_estimate, make_kl_controller
 from .losses import get_algorithm
 from .generation import make_backend
 from .models import build_models, resolve_model_path
-from .rewards import RewardScaler, RewardSource, check_scores, load_callable
+from .rewards import RewardError, RewardScaler, RewardSource, check_scores, load_callable
 from .rollout import RolloutEngine, Timings, eos_token_ids, release_memory
+from .rundir import RunDir
+from .safety import NonFiniteGuard, StopSignals, stopped
 from .stages import encode_response, right_pad
 from .types import AdvantageInput, LossBatch
+from .validate import validate
 
 
 class PromptSampler:
@@ -61,6 +64,15 @@ def save_model(models, out: Path, state_dict: dict | None = None) -> None:
         models.tokenizer.save_pretrained(tmp)
 
 
+def _update_values(accelerator, loss, grad_norm, mixed_precision: str) -> dict[str, float]:
+    """The loss (mean over processes, so all agree) and the gradient norm an optimiser step is checked on. fp16's
+    loss scaler skips overflowing steps itself while it calibrates, so there only the loss is checked."""
+    out = {"loss": float(accelerator.reduce(loss.detach().float(), "mean"))}
+    if mixed_precision != "fp16":
+        out["grad_norm"] = float(grad_norm)
+    return out
+
+
 def single_pass(cfg: TrainConfig) -> bool:
     """True when each rollout batch feeds exactly one forward and one optimiser step (one epoch, one minibatch):
     the sampling policy is then the current one, and pi_old (and V_old) come from the update's own forward."""
@@ -70,14 +82,14 @@ def single_pass(cfg: TrainConfig) -> bool:
 def train(cfg: TrainConfig) -> Path:
     from accelerate.utils import set_seed
 
+    # the config, the data and reward, then the run folder, are checked before the models load; nothing is
+    # written until they have
+    validate(cfg)
     algo = get_algorithm(cfg.algo)
     acfg = cfg.algo_config()
     out = Path(cfg.output_dir)
     accelerator = make_accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=cfg.optim.mixed_precision)
     set_seed(cfg.seed)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     # data and reward are checked before any model is loaded, so bad input fails fast
     offline_rows = load_offline_rows(cfg) if cfg.offline_data else None
@@ -86,8 +98,9 @@ def train(cfg: TrainConfig) -> Path:
     else:
         prompts = load_prompts(cfg.prompts, cfg.prompt_column)
         reward = RewardSource(cfg.reward.function, cfg.reward.model, cfg.reward.batch_size, accelerator.device,
-                              cfg.model.trust_remote_code)
-    gold = load_callable(cfg.reward.gold, "gold scorer") if cfg.reward.gold else None
+                              cfg.model.trust_remote_code, timeout_s=cfg.reward.timeout_s)
+    gold = load_callable(cfg.reward.gold, "gold scorer", cfg.reward.timeout_s) if cfg.reward.gold else None
+    run = RunDir(cfg)  # may the output folder be started or resumed? (before the models load)
     models = build_models(cfg.model, cfg.model.critic if algo.needs_critic else None)
     tokenizer = models.tokenizer
     source = cfg.offline_data or cfg.prompts
@@ -111,6 +124,8 @@ def train(cfg: TrainConfig) -> Path:
         groups.append({"params": critic_params, "lr": cfg.optim.critic_lr or cfg.optim.lr})
     optimizer = adamw(groups, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
 
+    run.start(accelerator.is_main_process)  # everything has loaded: claim the folder
+    accelerator.wait_for_everyone()
     start_step = 0
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
@@ -132,7 +147,7 @@ def train(cfg: TrainConfig) -> Path:
                             accelerator.num_processes)
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
-        _truncate_metrics(metrics_path, start_step)
+        truncate_metrics(metrics_path, start_step)
 
     bar = None
     if cfg.progress and accelerator.is_main_process:
@@ -142,120 +157,150 @@ def train(cfg: TrainConfig) -> Path:
     k = 1 if offline_rows is not None else cfg.rollout.group_size
     once = single_pass(cfg)
     trained_names = [n for n, p in inner.policy.named_parameters() if p.requires_grad]
-    for step in range(start_step, cfg.steps):
-        t_step = time.perf_counter()
-        timings = Timings()
-        # 1. rollout: K samples per prompt, scores, reference log-probs (and pi_old, values unless the update's own
-        #    forward gives them); offline: a batch of data rows
-        idx = sampler.batch(step)
-        ids, mask = left_pad([prompt_ids[i] for i in idx], tokenizer.pad_token_id)
-        ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
-        if offline_rows is None:
-            rollout = engine.run([prompts[i].text for i in idx], ids, mask, timings, need_old=not once)
-        else:
-            rollout = engine.from_data(
-                [prompts[i].text for i in idx], [offline_rows[i]["response"] for i in idx], ids, mask,
-                right_pad([response_ids[i] for i in idx], tokenizer.pad_token_id)[0].to(accelerator.device),
-                torch.tensor([offline_rows[i]["reward"] for i in idx]), timings, need_old=not once)
-        release_memory()  # generation's cache, before the update's activations
-        resp_mask = rollout.response_mask
-        models.train()
-        t0 = time.perf_counter()
-        fwd = None
-        if once:  # the sampling policy is the current one: its forward gives pi_old and V_old (detached)
-            fwd = models(rollout.query_ids, rollout.query_mask, rollout.response_ids, resp_mask,
-                         cfg.rollout.temperature, algo.needs_critic, rollout.trunk_hidden)
-            rollout.logprobs = fwd[0].detach() * resp_mask
-            rollout.values = fwd[1].detach() * resp_mask if fwd[1] is not None else None
+    guard = NonFiniteGuard(cfg.optim.max_nonfinite_steps)
+    with StopSignals() as signals:
+        last_saved = start_step
+        for step in range(start_step, cfg.steps):
+            got = signals.requested(accelerator)  # a preempted job stops here, at a step boundary, with a checkpoint
+            if got:
+                if last_saved != step:
+                    save_checkpoint(out, step, models, optimizer, accelerator,
+                                    {"kl_controller": kl_ctl.state_dict(), "reward_scaler": scaler.state_dict()})
+                raise stopped(got, step, out / "checkpoints", "rlcf train with the same --output-dir and settings")
+            t_step = time.perf_counter()
+            timings = Timings()
+            # 1. rollout: K samples per prompt, scores, reference log-probs (and pi_old, values unless the update's own
+            #    forward gives them); offline: a batch of data rows
+            idx = sampler.batch(step)
+            ids, mask = left_pad([prompt_ids[i] for i in idx], tokenizer.pad_token_id)
+            ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
+            if offline_rows is None:
+                try:
+                    rollout = engine.run([prompts[i].text for i in idx], ids, mask, timings, need_old=not once)
+                except RewardError as e:
+                    raise e.at(f"step {step + 1}") from e.__cause__
+            else:
+                rollout = engine.from_data(
+                    [prompts[i].text for i in idx], [offline_rows[i]["response"] for i in idx], ids, mask,
+                    right_pad([response_ids[i] for i in idx], tokenizer.pad_token_id)[0].to(accelerator.device),
+                    torch.tensor([offline_rows[i]["reward"] for i in idx]), timings, need_old=not once)
+            release_memory()  # generation's cache, before the update's activations
+            raw_all = accelerator.gather(rollout.raw_scores.float())
+            bad = ~torch.isfinite(raw_all)
+            if not guard.ok({"reward": float(raw_all.sum())}, f"step {step + 1} ({int(bad.sum())} of {bad.numel()} "
+                            "rewards non-finite)"):  # no update, no KL-controller or scaler update
+                if accelerator.is_main_process:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps({"step": step + 1, "optim/skipped": 1.0, "reward/nonfinite": int(bad.sum()),
+                                            "perf/step_s": time.perf_counter() - t_step}) + "\n")
+                    if bar is not None:
+                        bar.update(1)
+                continue
+            resp_mask = rollout.response_mask
+            models.train()
+            t0 = time.perf_counter()
+            fwd = None
+            if once:  # the sampling policy is the current one: its forward gives pi_old and V_old (detached)
+                fwd = models(rollout.query_ids, rollout.query_mask, rollout.response_ids, resp_mask,
+                             cfg.rollout.temperature, algo.needs_critic, rollout.trunk_hidden)
+                rollout.logprobs = fwd[0].detach() * resp_mask
+                rollout.values = fwd[1].detach() * resp_mask if fwd[1] is not None else None
 
-        # 2. rewards: the KL of the sampling policy to the reference, with the estimator in the key
-        beta = kl_ctl.value
-        seq_kl = {e: (kl_estimate(rollout.logprobs, rollout.ref_logprobs, e) * resp_mask).sum(1) for e in ("k1", "k3")}
+            # 2. rewards: the KL of the sampling policy to the reference, with the estimator in the key
+            beta = kl_ctl.value
+            seq_kl = {e: (kl_estimate(rollout.logprobs, rollout.ref_logprobs, e) * resp_mask).sum(1) for e in ("k1", "k3")}
 
-        # 3. advantages (algorithm-specific, once per rollout batch)
-        adv_out = algo.advantages(
-            AdvantageInput(scores=rollout.scores, logprobs=rollout.logprobs, ref_logprobs=rollout.ref_logprobs,
-                           mask=resp_mask, group_size=k, kl_coef=beta, values=rollout.values),
-            acfg,
-        )
-        rollout.advantages = adv_out.get("advantages")
-        rollout.returns = adv_out.get("returns")
+            # 3. advantages (algorithm-specific, once per rollout batch)
+            adv_out = algo.advantages(
+                AdvantageInput(scores=rollout.scores, logprobs=rollout.logprobs, ref_logprobs=rollout.ref_logprobs,
+                               mask=resp_mask, group_size=k, kl_coef=beta, values=rollout.values),
+                acfg,
+            )
+            rollout.advantages = adv_out.get("advantages")
+            rollout.returns = adv_out.get("returns")
 
-        # 4. epochs x minibatches of whole prompt groups
-        history = []
-        shuffle = torch.Generator().manual_seed(cfg.seed * 7919 + step)  # per step, so a resumed run matches
-        for _ in range(cfg.optim.epochs):
-            perm = torch.randperm(rollout.n_groups, generator=shuffle)
-            for s in range(0, rollout.n_groups, cfg.optim.minibatch_prompts):
-                mb = rollout if fwd is not None else rollout.select_groups(perm[s : s + cfg.optim.minibatch_prompts])
-                with accelerator.accumulate(models):
-                    logprobs, values = fwd if fwd is not None else models(
-                        mb.query_ids, mb.query_mask, mb.response_ids, mb.response_mask, cfg.rollout.temperature,
-                        algo.needs_critic, mb.trunk_hidden)
-                    fwd = None
-                    batch = LossBatch(
-                        logprobs=logprobs * mb.response_mask, old_logprobs=mb.logprobs, ref_logprobs=mb.ref_logprobs,
-                        mask=mb.response_mask, group_size=k, kl_coef=beta, scores=mb.scores,
-                        advantages=mb.advantages, returns=mb.returns, values=values, old_values=mb.values,
-                    )
-                    loss, m = algo.loss(batch, acfg)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
-                        m["policy/grad_norm"] = accelerator.clip_grad_norm_(models.parameters(), cfg.optim.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                history.append({key: v.detach() for key, v in m.items()})
-        if backend.name != "hf":  # vllm: the next rollout samples the new policy (hf samples the module itself)
-            backend.update_weights(inner.merged_policy(), None if inner.ref_mode == "lora" else trained_names)
-        t_update = time.perf_counter() - t0
-        release_memory()
+            # 4. epochs x minibatches of whole prompt groups
+            history, skipped = [], 0
+            shuffle = torch.Generator().manual_seed(cfg.seed * 7919 + step)  # per step, so a resumed run matches
+            for _ in range(cfg.optim.epochs):
+                perm = torch.randperm(rollout.n_groups, generator=shuffle)
+                for s in range(0, rollout.n_groups, cfg.optim.minibatch_prompts):
+                    mb = rollout if fwd is not None else rollout.select_groups(perm[s : s + cfg.optim.minibatch_prompts])
+                    with accelerator.accumulate(models):
+                        logprobs, values = fwd if fwd is not None else models(
+                            mb.query_ids, mb.query_mask, mb.response_ids, mb.response_mask, cfg.rollout.temperature,
+                            algo.needs_critic, mb.trunk_hidden)
+                        fwd = None
+                        batch = LossBatch(
+                            logprobs=logprobs * mb.response_mask, old_logprobs=mb.logprobs, ref_logprobs=mb.ref_logprobs,
+                            mask=mb.response_mask, group_size=k, kl_coef=beta, scores=mb.scores,
+                            advantages=mb.advantages, returns=mb.returns, values=values, old_values=mb.values,
+                        )
+                        loss, m = algo.loss(batch, acfg)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:  # a non-finite loss or gradient: no step (bounded in a row)
+                            norm = accelerator.clip_grad_norm_(models.parameters(), cfg.optim.max_grad_norm or math.inf)
+                            if cfg.optim.max_grad_norm > 0:
+                                m["policy/grad_norm"] = norm
+                            if guard.ok(_update_values(accelerator, loss, norm, cfg.optim.mixed_precision),
+                                        f"step {step + 1}"):
+                                optimizer.step()
+                            else:
+                                skipped += 1
+                            optimizer.zero_grad()
+                    history.append({key: v.detach() for key, v in m.items()})
+            if backend.name != "hf":  # vllm: the next rollout samples the new policy (hf samples the module itself)
+                backend.update_weights(inner.merged_policy(), None if inner.ref_mode == "lora" else trained_names)
+            t_update = time.perf_counter() - t0
+            release_memory()
 
-        # 5. log (every process's rows, gathered), checkpoint
-        g = accelerator.gather
-        all_kl = {e: g(v) for e, v in seq_kl.items()}
-        raw, scaled, lengths = g(rollout.raw_scores.float()), g(rollout.scores.float()), g(resp_mask.sum(1))
-        kl_ctl.update(float(all_kl["k1"].mean()), raw.numel())
-        step_s = time.perf_counter() - t_step
-        record = {"step": step + 1}
-        means = {k_: accelerator.reduce(v.to(accelerator.device), "mean") for k_, v in _mean_metrics(history).items()}
-        record.update({k_ if not k_.startswith("kl/") else "kl/update_" + k_[3:]: float(v) for k_, v in sorted(means.items())})
-        record.update({k_: float(accelerator.reduce(adv_out[k_].float().to(accelerator.device), "mean"))
-                       for k_ in sorted(adv_out) if "/" in k_})
-        record.update({
-            "reward/mean": float(raw.mean()),
-            "reward/std": float(raw.std()) if raw.numel() > 1 else 0.0,
-            "reward/scaled_mean": float(scaled.mean()),
-            f"kl/{algo.kl_estimator}_seq": float(all_kl.get(algo.kl_estimator, all_kl["k1"]).mean()),
-            "kl/k1_seq": float(all_kl["k1"].mean()),
-            "kl/k3_seq": float(all_kl["k3"].mean()),
-            "kl/coef": beta,
-            "response/length_mean": float(lengths.float().mean()),
-            "response/truncated_frac": float(g(rollout.truncated.float()).mean()),
-            "perf/step_s": step_s,
-            "perf/samples_per_s": raw.numel() / step_s,
-            "perf/generate_s": timings.generate,
-            "perf/score_s": timings.score,
-            "perf/logprobs_s": timings.logprobs,
-            "perf/update_s": t_update,
-            "perf/processes": accelerator.num_processes,
-        })
-        if rollout.sampler_logprobs is not None:  # vllm: how far its sampling log-probs are from the policy's
-            diff = ((rollout.sampler_logprobs - rollout.logprobs).abs() * resp_mask).sum() / resp_mask.sum()
-            record["rollout/sampler_logprob_absdiff"] = float(accelerator.reduce(diff, "mean"))
-        if gold is not None:
-            gold_scores = check_scores(gold(rollout.prompts, rollout.responses), rollout.prompts, rollout.responses,
-                                       cfg.reward.gold)
-            record["gold/mean"] = float(g(gold_scores.to(accelerator.device)).mean())
-        if accelerator.is_main_process:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record['kl/k1_seq']:.3f}")
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
-            save_checkpoint(out, step + 1, models, optimizer, accelerator,
-                            {"kl_controller": kl_ctl.state_dict(), "reward_scaler": scaler.state_dict()})
-        accelerator.wait_for_everyone()
+            # 5. log (every process's rows, gathered), checkpoint
+            g = accelerator.gather
+            all_kl = {e: g(v) for e, v in seq_kl.items()}
+            raw, scaled, lengths = g(rollout.raw_scores.float()), g(rollout.scores.float()), g(resp_mask.sum(1))
+            kl_ctl.update(float(all_kl["k1"].mean()), raw.numel())
+            step_s = time.perf_counter() - t_step
+            record = {"step": step + 1, "optim/skipped_updates": skipped}
+            means = {k_: accelerator.reduce(v.to(accelerator.device), "mean") for k_, v in _mean_metrics(history).items()}
+            record.update({k_ if not k_.startswith("kl/") else "kl/update_" + k_[3:]: float(v) for k_, v in sorted(means.items())})
+            record.update({k_: float(accelerator.reduce(adv_out[k_].float().to(accelerator.device), "mean"))
+                           for k_ in sorted(adv_out) if "/" in k_})
+            record.update({
+                "reward/mean": float(raw.mean()),
+                "reward/std": float(raw.std()) if raw.numel() > 1 else 0.0,
+                "reward/scaled_mean": float(scaled.mean()),
+                f"kl/{algo.kl_estimator}_seq": float(all_kl.get(algo.kl_estimator, all_kl["k1"]).mean()),
+                "kl/k1_seq": float(all_kl["k1"].mean()),
+                "kl/k3_seq": float(all_kl["k3"].mean()),
+                "kl/coef": beta,
+                "response/length_mean": float(lengths.float().mean()),
+                "response/truncated_frac": float(g(rollout.truncated.float()).mean()),
+                "perf/step_s": step_s,
+                "perf/samples_per_s": raw.numel() / step_s,
+                "perf/generate_s": timings.generate,
+                "perf/score_s": timings.score,
+                "perf/logprobs_s": timings.logprobs,
+                "perf/update_s": t_update,
+                "perf/processes": accelerator.num_processes,
+            })
+            if rollout.sampler_logprobs is not None:  # vllm: how far its sampling log-probs are from the policy's
+                diff = ((rollout.sampler_logprobs - rollout.logprobs).abs() * resp_mask).sum() / resp_mask.sum()
+                record["rollout/sampler_logprob_absdiff"] = float(accelerator.reduce(diff, "mean"))
+            if gold is not None:
+                gold_scores = check_scores(gold(rollout.prompts, rollout.responses), rollout.prompts, rollout.responses,
+                                           cfg.reward.gold)
+                record["gold/mean"] = float(g(gold_scores.to(accelerator.device)).mean())
+            if accelerator.is_main_process:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record['kl/k1_seq']:.3f}")
+            if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
+                save_checkpoint(out, step + 1, models, optimizer, accelerator,
+                                {"kl_controller": kl_ctl.state_dict(), "reward_scaler": scaler.state_dict()})
+                last_saved = step + 1
+            accelerator.wait_for_everyone()
     if bar is not None:
         bar.close()
     final = out / "final"
@@ -290,11 +335,3 @@ def tokenize_responses(responses: list[str], tokenizer, max_tokens: int, source:
         check_length(len(ids), max_tokens, f"{source}, row {i + 1}, field 'response'", "--rollout.max-new-tokens")
         out.append(ids)
     return out
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop records of steps after the checkpoint (they will be redone)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))

@@ -15,3 +15,17 @@ def wrong_count(prompts, responses):
 
 def nan_reward(prompts, responses):
     return [float("nan")] * len(responses)
+
+
+CALLS = {"n": 0, "signal_at": 2}
+
+
+def signal_on_second_call(prompts, responses):
+    """The vowel reward; on its second call the process sends itself SIGTERM (a preempted cluster job)."""
+    import os
+    import signal
+
+    CALLS["n"] += 1
+    if CALLS["n"] == CALLS["signal_at"]:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return reward(prompts, responses)

@@ -1,0 +1,106 @@
+"""Claiming a run folder: checked before anything is loaded, written only once the run has started.
+
+A folder holds a run when it has any of config.yaml, metrics.jsonl, checkpoints/ or final/. `RunDir(cfg)`
+decides what a new start may do with it, without writing anything:
+
+- no run there: a fresh start;
+- a run there and `resume`: resume only if the stored config.yaml equals the new config on every field that
+  changes the results (not output_dir, steps, save_every, progress, chunk and batch sizes, ...); otherwise a
+  ConfigError that names each differing field and says how to start fresh (--overwrite, another
+  --output-dir) or force it (--force-resume);
+- a run there, `resume` off: a ConfigError unless `overwrite`;
+- `overwrite`: the earlier run is moved aside to OUTPUT_DIR.old-TIME (never deleted) when the run starts.
+
+`start()` (main process, after the data, the reward and the models have loaded) moves an overwritten run
+aside and writes config.yaml. So a start that fails on bad input leaves an earlier run's folder untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from .config import to_dict
+from .validate import ConfigError
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "final")
+
+RESULT_NEUTRAL = {
+    "output_dir", "resume", "overwrite", "force_resume", "progress", "save_every", "steps",
+    "rollout.generation_chunk", "rollout.forward_chunk", "rollout.vllm_gpu_memory_utilization",
+    "reward.batch_size", "reward.gold", "reward.timeout_s", "optim.max_nonfinite_steps",
+}
+"""Fields that may change between a run and its resumption: where it goes, how long it runs, how often it saves,
+how it is chunked in memory, what is only logged. (`steps` may grow: a resumed run continues to the new count.)"""
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+STAGE_NEUTRAL = RESULT_NEUTRAL | {"optim.epochs"}
+"""A supervised stage may also grow its epochs (each epoch's shuffle depends only on the seed and its number)."""
+
+
+def config_differences(stored: dict, new: dict, neutral=RESULT_NEUTRAL) -> list[str]:
+    """'field: stored -> new' for every result-changing field the two configs both have and disagree on."""
+    a, b = _flat(stored), _flat(json.loads(json.dumps(new, default=list)))
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys()) if k not in neutral and a[k] != b[k]]
+
+
+class RunDir:
+    def __init__(self, cfg):
+        self.cfg, self.out = cfg, Path(cfg.output_dir)
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--output-dir {out} is a file, not a folder; give a new folder name")
+        present = [name for name in RUN_FILES if (out / name).exists()]
+        self.has_run, self.move_aside = bool(present), False
+        if not present:
+            return
+        if cfg.overwrite:
+            self.move_aside = True
+            return
+        if not cfg.resume:
+            raise ConfigError(f"{out} holds an earlier run ({', '.join(present)}) and --resume is off; pass "
+                              "--overwrite (the earlier run is moved aside, not deleted) or another --output-dir")
+        stored_path = out / "config.yaml"
+        if stored_path.exists():
+            try:
+                stored = yaml.safe_load(stored_path.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{stored_path} is not valid YAML ({e}); pass --overwrite to start fresh") from None
+            neutral = RESULT_NEUTRAL if hasattr(cfg, "algo") else STAGE_NEUTRAL  # RL epochs are passes over a batch
+            diff = config_differences(stored, to_dict(cfg), neutral)
+            if diff and not cfg.force_resume:
+                shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+                raise ConfigError(
+                    f"{out} holds a run with other settings ({shown}). Resuming would mix the two runs: rerun with "
+                    f"the stored settings ({stored_path}) to continue it, or pass --overwrite (moves the earlier run "
+                    "aside) or another --output-dir to start fresh, or --force-resume to mix them anyway")
+
+    def start(self, main: bool = True) -> None:
+        """Call once everything has loaded: move an overwritten run aside, then write config.yaml."""
+        if not main:
+            return
+        if self.move_aside and self.out.exists():
+            aside = self.out.with_name(f"{self.out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            n = 1
+            while aside.exists():
+                aside, n = aside.with_name(f"{aside.name.split('~')[0]}~{n}"), n + 1
+            self.out.rename(aside)
+            print(f"rlcf: the earlier run in {self.out} was moved to {aside}", flush=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / ".config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        tmp.replace(self.out / "config.yaml")
