@@ -130,8 +130,8 @@ CASES = {
                       ["step 1", "raises", "ZeroDivisionError"], True),
     "reward-returns-strings": ("train", TRAIN + ["--reward.function", "test_bad_inputs_rewards_judges:strings"],
                                ["strings", "row 0", "not a number"], True),
-    "reward-hangs": ("train", TRAIN + ["--reward.function", "test_bad_inputs_rewards_judges:sleeps",
-                                       "--reward.timeout-s", "0.5"], ["sleeps", "no answer within 0.5 s"], True),
+    "reward-hangs": ("train", TRAIN + ["--reward.function", "helpers.vowel_reward:hangs",
+                                       "--reward.timeout-s", "0.5"], ["hangs", "no answer within 0.5 s"], True),
     "reward-wrong-count": ("train", TRAIN + ["--reward.function", "helpers.vowel_reward:wrong_count"],
                            ["wrong_count", "values for"], True),
 }

@@ -150,3 +150,37 @@ def test_reward_model_nan_passes_to_the_guard_a_function_nan_is_an_error():
         check_scores(nan, ["p", "q"], ["a", "b"], "mod:fn", "reward function")
     out = check_scores(nan, ["p", "q"], ["a", "b"], "rm/final", "reward model", finite=False)
     assert out[0] == 0.5 and torch.isnan(out[1])
+
+
+def test_supervised_stage_skips_a_nonfinite_step_and_stops_on_a_signal(tiny_model_dir, tmp_path, monkeypatch):
+    """The supervised loop (sft, rm, dpo) has the same guards: a NaN loss skips that optimiser step; a SIGTERM
+    ends the run after the step with a checkpoint, and the same config resumes to the end."""
+    import os
+
+    import rlcf.sft as sft
+    from helpers.common import write_jsonl
+    from test_sft import mapping_rows, sft_config
+
+    real, calls = sft.sft_loss, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, m = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:  # during step 2: it finishes, then the run stops
+            os.kill(os.getpid(), signal.SIGTERM)
+        return (loss * float("nan") if calls["n"] == 1 else loss), m
+
+    monkeypatch.setattr(sft, "sft_loss", poisoned)
+    data = write_jsonl(tmp_path / "sft.jsonl", mapping_rows())
+    out = tmp_path / "sft"
+    cfg = sft_config(tiny_model_dir, data, out, **{"eval_fraction": 0.0, "optim.minibatch_prompts": 100,
+                                                   "optim.epochs": 3})  # one step an epoch
+    with pytest.raises(RunStopped, match="after step 2"):
+        sft.run_sft(cfg)
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["optim/skipped"] == 1.0 and "optim/skipped" not in rows[1]
+    assert (out / "checkpoints" / "step_000002" / "manifest.json").exists()
+    monkeypatch.setattr(sft, "sft_loss", real)
+    sft.run_sft(cfg)
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+    assert (out / "final" / "model.safetensors").exists()

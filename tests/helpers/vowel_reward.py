@@ -29,3 +29,11 @@ def signal_on_second_call(prompts, responses):
     if CALLS["n"] == CALLS["signal_at"]:
         os.kill(os.getpid(), signal.SIGTERM)
     return reward(prompts, responses)
+
+
+def hangs(prompts, responses):
+    """A reward server that never answers (within the test's patience)."""
+    import time
+
+    time.sleep(10)
+    return reward(prompts, responses)
