@@ -66,7 +66,8 @@ CASES = {
     "reward-clip-0": ("train", TRAIN + ["--reward.clip", "0"], ["--reward.clip=0.0"]),
     "nonfinite-limit-0": ("train", TRAIN + ["--optim.max-nonfinite-steps", "0"], ["--optim.max-nonfinite-steps=0"]),
     "no-reward": ("train", TRAIN + ["--reward.function", "None"], ["no reward", "--reward.model"]),
-    "offline-with-p3o": ("train", TRAIN + ["--offline-data", "{prompts}"], ["--offline-data", "apa or awr"]),
+    "offline-with-p3o": ("train", TRAIN + ["--offline-data", "{prompts}"], ["--offline-data", "apa, awr or ilql"]),
+    "ilql-online": ("train", TRAIN + ["--algo", "ilql"], ["ilql", "offline only", "--offline-data"]),
     # run folders: never clobbered, never mixed
     "output-dir-is-a-file": ("train", TRAIN + ["--output-dir", "{tmp}/afile"], ["afile", "is a file"]),
     "resume-other-settings": ("train", TRAIN + ["--output-dir", "{tmp}/earlier", "--p3o.beta", "0.2"],

@@ -115,6 +115,30 @@ class AWRConfig:
 
 
 @dataclass
+class ILQLConfig:
+    """ILQL (Snell et al. 2022), offline only: Q heads (and Polyak targets) and a V head on the policy's trunk,
+    TD + expectile + CQL + behaviour cloning; sampling perturbs the LM's logits by beta * (min target Q - V).
+    Defaults: trlX's ILQL config, which the APA paper's offline comparison ran (docs/ilql.md)."""
+
+    tau: float = 0.7
+    """Expectile of V towards the smaller target Q."""
+    gamma: float = 0.99
+    """Discount over response tokens."""
+    cql_scale: float = 0.1
+    """Weight of the CQL cross-entropy of the Q values over the vocabulary towards the taken token."""
+    awac_scale: float = 1.0
+    """Weight of the behaviour-cloning cross-entropy of the language-model head."""
+    alpha: float = 0.001
+    """Polyak rate of the target Q heads: target <- alpha * Q + (1 - alpha) * target."""
+    steps_for_target_q_sync: int = 5
+    """Optimiser steps between target updates."""
+    two_qs: bool = True
+    """Two Q heads (and targets); the smaller target Q is used."""
+    beta: float = 1.0
+    """Decoding: logits + beta * (min target Q - V); saved with the model, 0 samples the behaviour-cloned LM."""
+
+
+@dataclass
 class ModelConfig:
     """Policy, reference and critic."""
 
@@ -224,10 +248,14 @@ class OptimConfig:
 class TrainConfig:
     """`rlcf train`: online RL against a reward."""
 
-    algo: Literal["p3o", "ppo", "rloo", "grpo", "apa", "awr"] = "p3o"
-    """Algorithm."""
+    algo: Literal["p3o", "ppo", "rloo", "grpo", "apa", "awr", "ilql"] = "p3o"
+    """Algorithm (ilql: offline only)."""
     offline_data: Optional[str] = None
-    """APA/AWR offline (APA paper, app. D.3): learn from fixed (prompt, response, reward) rows of this file or hub dataset instead of sampling."""
+    """APA/AWR/ILQL offline (APA paper, app. D.3): learn from fixed (prompt, response, reward) rows, or from
+    preference pairs (prompt, chosen, rejected) turned into two rows each (see offline_pair_rewards), of this
+    file or hub dataset instead of sampling."""
+    offline_pair_rewards: Literal["pm1", "reward_model"] = "pm1"
+    """Rewards of preference pairs given as --offline-data: +1 chosen / -1 rejected (pm1), or --reward.model's scores."""
     offline_columns: str = ""
     """Offline data column mapping 'prompt=question,response=answer,reward=score' for other column names."""
     prompts: str = "demo"
@@ -263,6 +291,7 @@ class TrainConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     apa: APAConfig = field(default_factory=APAConfig)
     awr: AWRConfig = field(default_factory=AWRConfig)
+    ilql: ILQLConfig = field(default_factory=ILQLConfig)
 
     def algo_config(self):
         return getattr(self, self.algo)

@@ -167,7 +167,12 @@ def make_backend(sampling: RolloutConfig, model: nn.Module, tokenizer, eos_ids: 
     if sampling.backend == "hf":
         return HFBackend(model, tokenizer.pad_token_id, eos_ids, sampling.generation_chunk)
     if sampling.backend == "vllm":
+        from .ilql import is_ilql_folder
         from .vllm_backend import VLLMBackend
+
+        if model_path is not None and is_ilql_folder(model_path):
+            raise ValueError(f"{model_path} is an ILQL model: vLLM would sample its language model without the "
+                             "advantage term; use --rollout.backend hf")
 
         return VLLMBackend(model_path, tokenizer, eos_ids, sampling, dtype=dtype, seed=seed,
                            trust_remote_code=trust_remote_code)

@@ -205,13 +205,20 @@ def _check_causal_lm(name: str, path: str, trust_remote_code: bool) -> None:
                      "pass a causal LM (architectures ...ForCausalLM)")
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False):
+def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                   ilql_decoding: bool = True):
     """A causal LM from a local folder, a hub id or 'embedded'. transformers reads model.safetensors when the
-    folder has it and falls back to pytorch_model.bin (with torch.load(weights_only=True)) only without it."""
+    folder has it and falls back to pytorch_model.bin (with torch.load(weights_only=True)) only without it.
+    A folder saved by ILQL (it holds ilql.json) gives its decoding policy, `ilql.ILQLDecoding` (the LM's logits
+    perturbed by beta * advantage), unless ilql_decoding=False, which gives the plain behaviour-cloned LM in it."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
     _check_causal_lm(name_or_path, path, trust_remote_code)
+    if ilql_decoding and os.path.isfile(os.path.join(path, "ilql.json")):
+        from .ilql import load_ilql
+
+        return load_ilql(path, dtype, trust_remote_code=trust_remote_code)
 
     def load():
         return AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code)
@@ -559,7 +566,7 @@ class PolicyModels(nn.Module):
 
 def build_models(cfg: ModelConfig, critic_kind: str | None) -> PolicyModels:
     tokenizer = load_tokenizer(cfg.name_or_path, cfg.trust_remote_code)
-    policy = load_causal_lm(cfg.name_or_path, cfg.dtype, cfg.trust_remote_code)
+    policy = load_causal_lm(cfg.name_or_path, cfg.dtype, cfg.trust_remote_code, ilql_decoding=False)  # train the LM
     if policy.generation_config.pad_token_id is None:
         policy.generation_config.pad_token_id = tokenizer.pad_token_id
     return PolicyModels(policy, tokenizer, cfg, critic_kind)

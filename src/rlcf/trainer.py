@@ -16,7 +16,8 @@ import torch
 from .accel import adamw, make_accelerator
 from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
 from .config import TrainConfig
-from .data import Prompt, check_length, left_pad, load_prompts, load_records, prepare_prompts, tokenize_prompts
+from .data import (Prompt, check_length, left_pad, load_prompts, load_records, load_rows, parse_columns, prepare_prompts,
+                   tokenize_prompts)
 from .kl import kl_estimate, make_kl_controller
 from .losses import get_algorithm
 from .generation import make_backend
@@ -85,6 +86,10 @@ def train(cfg: TrainConfig) -> Path:
     # the config, the data and reward, then the run folder, are checked before the models load; nothing is
     # written until they have
     validate(cfg)
+    if cfg.algo == "ilql":  # offline only, on fixed rows: the supervised loop with Q and V heads
+        from .ilql_train import run_ilql
+
+        return run_ilql(cfg)
     algo = get_algorithm(cfg.algo)
     acfg = cfg.algo_config()
     out = Path(cfg.output_dir)
@@ -92,7 +97,7 @@ def train(cfg: TrainConfig) -> Path:
     set_seed(cfg.seed)
 
     # data and reward are checked before any model is loaded, so bad input fails fast
-    offline_rows = load_offline_rows(cfg) if cfg.offline_data else None
+    offline_rows = load_offline_rows(cfg, accelerator.device) if cfg.offline_data else None
     if offline_rows is not None:
         prompts, reward = [Prompt(text=r["prompt"], chat=None) for r in offline_rows], None
     else:
@@ -315,16 +320,33 @@ def train(cfg: TrainConfig) -> Path:
     return final
 
 
-OFFLINE_ALGOS = ("apa", "awr")
+OFFLINE_ALGOS = ("apa", "awr", "ilql")
 
 
-def load_offline_rows(cfg: TrainConfig) -> list[dict]:
-    """(prompt, response, reward) rows for offline APA/AWR, validated up front."""
+def load_offline_rows(cfg: TrainConfig, device="cpu") -> list[dict]:
+    """(prompt, response, reward) rows for offline APA/AWR/ILQL, validated up front. A file of preference pairs
+    (prompt, chosen, rejected columns, e.g. `rlcf label`'s output) gives two rows a pair, rewarded +1 (chosen)
+    and -1 (rejected), or with --offline-pair-rewards reward_model, by --reward.model's scores."""
     if cfg.algo not in OFFLINE_ALGOS:
-        raise ValueError(f"--offline-data works with --algo {' or '.join(OFFLINE_ALGOS)} (fixed rows, a critic and "
-                         f"advantages); {cfg.algo} learns from its own samples. For preference pairs use `rlcf dpo`.")
-    return load_records(cfg.offline_data, text=("prompt", "response"), numbers=("reward",),
-                        columns=cfg.offline_columns, option="--offline-columns")
+        raise ValueError(f"--offline-data works with --algo {', '.join(OFFLINE_ALGOS)} (fixed rows); {cfg.algo} "
+                         "learns from its own samples. For preference pairs use `rlcf dpo`.")
+    mapping = parse_columns(cfg.offline_columns, ("prompt", "response", "reward", "chosen", "rejected"),
+                            "--offline-columns")
+    first = load_rows(cfg.offline_data)[:1]
+    if not first or not {mapping.get("chosen", "chosen"), mapping.get("rejected", "rejected")} <= set(first[0]) \
+            or mapping.get("response", "response") in first[0]:
+        return load_records(cfg.offline_data, text=("prompt", "response"), numbers=("reward",),
+                            columns=cfg.offline_columns, option="--offline-columns")
+    pairs = load_records(cfg.offline_data, text=("prompt", "chosen", "rejected"), columns=cfg.offline_columns,
+                         option="--offline-columns")
+    rows = [{"prompt": p["prompt"], "response": p[side], "reward": sign}
+            for p in pairs for side, sign in (("chosen", 1.0), ("rejected", -1.0))]
+    if cfg.offline_pair_rewards == "reward_model":
+        scorer = RewardSource(None, cfg.reward.model, cfg.reward.batch_size, device, cfg.model.trust_remote_code)
+        scores = scorer([r["prompt"] for r in rows], [r["response"] for r in rows])
+        for r, v in zip(rows, scores.tolist()):
+            r["reward"] = v
+    return rows
 
 
 def tokenize_responses(responses: list[str], tokenizer, max_tokens: int, source: str) -> list[list[int]]:

@@ -144,6 +144,8 @@ RULES: dict[type, dict[str, tuple]] = {
     C.APAConfig: {"beta": _ge(0), "lam": _gt(0), "gamma": _in(0, 1), "gae_lambda": _in(0, 1), "vf_coef": _ge(0)},
     C.AWRConfig: {"inv_lam": _gt(0), "gamma": _in(0, 1), "gae_lambda": _in(0, 1), "vf_coef": _ge(0),
                   "max_weight": _gt(0)},
+    C.ILQLConfig: {"tau": (lambda v: 0 < v < 1, "in (0, 1)"), "gamma": _in(0, 1), "cql_scale": _ge(0),
+                    "awac_scale": _ge(0), "alpha": _in(0, 1), "steps_for_target_q_sync": _ge(1), "beta": _ge(0)},
     C.ModelConfig: {"trainable_blocks": _ge(1), "lora_r": _ge(1), "lora_alpha": _gt(0), "lora_dropout": _in(0, 1, False)},
     C.RolloutConfig: {"prompts_per_step": _ge(1), "group_size": _ge(1), "max_new_tokens": _ge(1),
                       "max_prompt_tokens": _ge(1), "temperature": _gt(0), "top_k": _ge(0), "top_p": _OPEN01,
@@ -191,9 +193,14 @@ def check_rules(cfg) -> None:
         if cfg.offline_data is None and cfg.algo in PAIRWISE and k < 2:
             raise ConfigError(f"--rollout.group-size={k}: --algo {cfg.algo} needs at least 2 responses per prompt "
                               f"({PAIRWISE[cfg.algo]}); use 2 or more")
-        if cfg.offline_data is not None and cfg.algo not in ("apa", "awr"):
-            raise ConfigError(f"--offline-data works with --algo apa or awr (fixed rows, a critic and advantages); "
-                              f"{cfg.algo} learns from its own samples. For preference pairs use `rlcf dpo`.")
+        if cfg.offline_data is not None and cfg.algo not in ("apa", "awr", "ilql"):
+            raise ConfigError(f"--offline-data works with --algo apa, awr or ilql (fixed rows, a critic and "
+                              f"advantages); {cfg.algo} learns from its own samples. For preference pairs use `rlcf dpo`.")
+        if cfg.algo == "ilql" and cfg.offline_data is None:
+            raise ConfigError("--algo ilql learns offline only: give --offline-data FILE with (prompt, response, "
+                              "reward) rows or (prompt, chosen, rejected) pairs")
+        if cfg.offline_data is not None and cfg.offline_pair_rewards == "reward_model" and not cfg.reward.model:
+            raise ConfigError("--offline-pair-rewards reward_model needs --reward.model FOLDER to score the pairs")
         if cfg.offline_data is None and not cfg.reward.function and not cfg.reward.model:
             raise ConfigError("no reward: set --reward.function MODULE:FUNCTION or --reward.model FOLDER")
         if cfg.p3o.dual_clip is not None and cfg.p3o.dual_clip <= 1 + cfg.p3o.eps:

@@ -4,6 +4,7 @@ and are looked up in the registry; DPO, SFT and the reward model's loss take the
 from rlcf.losses.apa import apa_advantages, apa_loss
 from rlcf.losses.awr import awr_advantages, awr_loss
 from rlcf.losses.dpo import dpo_loss
+from rlcf.losses.ilql import expectile_loss, ilql_loss, polyak_update
 from rlcf.losses.p3o import p3o_advantages, p3o_loss
 from rlcf.losses.ppo import ppo_advantages, ppo_loss
 from rlcf.losses.registry import ALGORITHMS, Algorithm, get_algorithm
@@ -20,6 +21,9 @@ __all__ = [
     "awr_loss",
     "bradley_terry_loss",
     "dpo_loss",
+    "expectile_loss",
+    "ilql_loss",
+    "polyak_update",
     "get_algorithm",
     "last_token_scores",
     "grpo_advantages",
