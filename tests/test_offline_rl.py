@@ -81,7 +81,7 @@ def test_offline_learning_prefers_what_the_rewards_prefer(tiny_model_dir, tmp_pa
     assert gaps["offline"] > gaps["reversed"] + 5.0, gaps
 
 
-def test_offline_data_is_validated_and_only_for_apa_awr(tiny_model_dir, tmp_path):
+def test_offline_data_is_validated_and_only_for_offline_algorithms(tiny_model_dir, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps({"prompt": "a", "response": "b", "reward": 1.0}) + "\n"
                     + json.dumps({"prompt": "a", "response": "b", "reward": "high"}) + "\n")
@@ -90,7 +90,7 @@ def test_offline_data_is_validated_and_only_for_apa_awr(tiny_model_dir, tmp_path
     with pytest.raises(DataError, match=r"bad.jsonl, row 2, field 'reward': expected a finite number"):
         train(cfg)
     cfg.algo = "p3o"
-    with pytest.raises(ValueError, match="--offline-data works with --algo apa or awr"):
+    with pytest.raises(ValueError, match="--offline-data works with --algo apa, awr or ilql"):
         train(cfg)
     data.write_text(json.dumps({"prompt": "a", "text": "b", "reward": 1.0}) + "\n")
     cfg.algo = "awr"
