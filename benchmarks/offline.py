@@ -37,8 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trainable-blocks", type=int, default=2)
     ap.add_argument("--ilql-beta", type=float, default=1.0)
     ap.add_argument("--ilql-alpha", type=float, default=0.1,
-                    help="Polyak rate of the target Q heads (trlX: 0.001, for runs of thousands of steps; at 0.001 a run
-                    "of 64 steps leaves the targets, and so the decoding advantage, at their random start)")
+                    help="Polyak rate of the target Q heads (trlX: 0.001, for runs of thousands of steps; at 0.001 "
+                         "a run of 64 steps leaves the targets, and so the decoding advantage, near their random start)")
     ap.add_argument("--eval-prompts", type=int, default=64)
     ap.add_argument("--methods", nargs="+", default=["ilql", "apa", "awr"])
     args = ap.parse_args(argv)
