@@ -115,7 +115,8 @@ def test_target_heads_start_as_copies_and_sync_is_the_convex_mix():
     qs, tqs, vs = heads(h)
     assert [x.shape for x in qs + tqs] == [(2, 3, 11)] * 4 and vs.shape == (2, 3)
     assert all(not t.requires_grad for t in tqs)
-    torch.testing.assert_close(heads.advantage(h), torch.minimum(tqs[0], tqs[1]) - vs[..., None])
+    lm = torch.randn(tqs[0].shape)
+    torch.testing.assert_close(heads.decode_logits(lm, h, 2.0), lm + 2.0 * (torch.minimum(tqs[0], tqs[1]) - vs[..., None]))
     assert not torch.equal(tqs[0], tqs[1])
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .losses.ilql import ilql_decode_logits, polyak_update
 from .models import ModelError, decoder_layers, final_norm, sequence_inputs
 
 HEADS_FILE = "ilql_heads.safetensors"
@@ -84,19 +85,13 @@ class ILQLHeads(nn.Module):
         """hidden [B, S, h] -> (qs: tuple of [B, S, V], target_qs: tuple of [B, S, V], vs: [B, S])."""
         return self.q_values(hidden), self.target_q_values(hidden), self.values(hidden)
 
-    @torch.no_grad()
     def sync_targets(self, alpha: float) -> None:
         """Polyak averaging: target <- alpha * q + (1 - alpha) * target (alpha = 1 copies the Q heads)."""
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"sync_targets: alpha={alpha} must be in [0, 1]")
-        for target, q in zip(self.target_q_heads.parameters(), self.q_heads.parameters()):
-            target.mul_(1.0 - alpha).add_(q.detach().to(target.dtype), alpha=alpha)
+        polyak_update(self.target_q_heads, self.q_heads, alpha)
 
-    def advantage(self, hidden: Tensor) -> Tensor:
-        """min_i targetQ_i(s, .) - V(s): [B, S, V], no gradient to the target heads."""
-        target_qs = self.target_q_values(hidden)
-        q = target_qs[0] if len(target_qs) == 1 else torch.minimum(*target_qs)
-        return q - self.values(hidden).unsqueeze(-1)
+    def decode_logits(self, lm_logits: Tensor, hidden: Tensor, beta: float) -> Tensor:
+        """lm_logits + beta * (min_i targetQ_i(s, .) - V(s)) at the states of `hidden` [B, S, h]."""
+        return ilql_decode_logits(lm_logits, self.target_q_values(hidden), self.values(hidden), beta)
 
 
 class ILQLModel(nn.Module):
@@ -245,7 +240,7 @@ class ILQLDecoding(nn.Module):
         if self.beta != 0.0:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             hidden = out.hidden_states[-1][:, keep]
-            logits = logits + self.beta * self.heads.advantage(hidden).to(logits.dtype)
+            logits = self.heads.decode_logits(logits, hidden, self.beta)
         return CausalLMOutputWithPast(logits=logits, past_key_values=out.past_key_values,
                                       hidden_states=out.hidden_states if output_hidden_states else None)
 
