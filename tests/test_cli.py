@@ -25,7 +25,7 @@ def test_train_help_lists_every_option_with_default():
     for flag in ("--algo", "--p3o.beta", "--p3o.variant", "--ppo.kl-target", "--rollout.group-size",
                  "--model.reference", "--reward.scaling", "--optim.lr"):
         assert flag in res.stdout, flag
-    assert "Algorithm. (default: p3o)" in res.stdout  # defaults are shown
+    assert "Algorithm (ilql: offline only). (default: p3o)" in res.stdout  # defaults are shown
     assert "KL coefficient in the sequence reward" in res.stdout  # the field's doc line
 
 
