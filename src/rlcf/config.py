@@ -279,6 +279,9 @@ class TrainConfig:
     """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
     force_resume: bool = False
     """Resume although the stored config differs in settings that change the results (the run mixes both)."""
+    report_to: tuple[Literal["none", "tensorboard", "wandb", "mlflow", "trackio"], ...] = ()
+    """Experiment trackers besides metrics.jsonl (several allowed), through accelerate; tensorboard writes event
+    files under output_dir/rlcf-<command>/ (pip install 'rlcf[tensorboard]'); the others need their own package."""
     progress: bool = True
     """Show a progress bar."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -330,6 +333,9 @@ class SFTConfig:
     """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
     force_resume: bool = False
     """Resume although the stored config differs in settings that change the results (the run mixes both)."""
+    report_to: tuple[Literal["none", "tensorboard", "wandb", "mlflow", "trackio"], ...] = ()
+    """Experiment trackers besides metrics.jsonl (several allowed), through accelerate; tensorboard writes event
+    files under output_dir/rlcf-<command>/ (pip install 'rlcf[tensorboard]'); the others need their own package."""
     progress: bool = True
     """Show a progress bar."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -367,6 +373,9 @@ class DPOStageConfig:
     """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
     force_resume: bool = False
     """Resume although the stored config differs in settings that change the results (the run mixes both)."""
+    report_to: tuple[Literal["none", "tensorboard", "wandb", "mlflow", "trackio"], ...] = ()
+    """Experiment trackers besides metrics.jsonl (several allowed), through accelerate; tensorboard writes event
+    files under output_dir/rlcf-<command>/ (pip install 'rlcf[tensorboard]'); the others need their own package."""
     progress: bool = True
     """Show a progress bar."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -410,6 +419,9 @@ class RMConfig:
     """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
     force_resume: bool = False
     """Resume although the stored config differs in settings that change the results (the run mixes both)."""
+    report_to: tuple[Literal["none", "tensorboard", "wandb", "mlflow", "trackio"], ...] = ()
+    """Experiment trackers besides metrics.jsonl (several allowed), through accelerate; tensorboard writes event
+    files under output_dir/rlcf-<command>/ (pip install 'rlcf[tensorboard]'); the others need their own package."""
     progress: bool = True
     """Show a progress bar."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, epochs=2, minibatch_prompts=8))

@@ -29,7 +29,7 @@ from .validate import ConfigError
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "final")
 
 RESULT_NEUTRAL = {
-    "output_dir", "resume", "overwrite", "force_resume", "progress", "save_every", "steps",
+    "output_dir", "resume", "overwrite", "force_resume", "progress", "save_every", "steps", "report_to",
     "rollout.generation_chunk", "rollout.forward_chunk", "rollout.vllm_gpu_memory_utilization",
     "reward.batch_size", "reward.gold", "reward.timeout_s", "optim.max_nonfinite_steps",
 }

@@ -19,7 +19,6 @@ ending in EOS, padding) and the response log-probs of a plain causal LM.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -30,8 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from .accel import adamw, make_accelerator
-from .checkpoint import CHECKPOINTS, atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
+from .checkpoint import CHECKPOINTS, atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import to_dict
 from .data import DataError
+from .metrics_log import MetricsLog, trackers
 from .rundir import RunDir
 from .safety import NonFiniteGuard, StopSignals, stopped
 from .validate import validate
@@ -96,7 +97,8 @@ def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
     run = claim_run(cfg) if run is None else run
     out = Path(cfg.output_dir)
     # optim.mixed_precision autocasts every loss_fn call (the reference's passes too); weights keep model.dtype
-    accelerator = make_accelerator(mixed_precision=getattr(opt, "mixed_precision", "no"))
+    accelerator = make_accelerator(mixed_precision=getattr(opt, "mixed_precision", "no"),
+                                   log_with=trackers(getattr(cfg, "report_to", ())), project_dir=str(out))
     main = accelerator.is_main_process
 
     # 1. held-out split, and the length of the run in optimiser steps
@@ -119,11 +121,9 @@ def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
         accelerator.print(f"resumed from {ckpt} (step {start_step} of {total_steps})")
     model, optimizer = accelerator.prepare(stage.model, optimizer)
     inner = accelerator.unwrap_model(model)
-    metrics_path = out / "metrics.jsonl"
-    if main and start_step:  # records of steps after the checkpoint are redone
-        truncate_metrics(metrics_path, start_step)
-    elif main:  # a fresh start redoes them all, step 0's evaluation too
-        metrics_path.unlink(missing_ok=True)
+    # metrics.jsonl and the trackers: a resumed run redoes the steps after its checkpoint, a fresh one all of them
+    log = MetricsLog(out, accelerator, start_step, f"rlcf-{stage.name}", getattr(cfg, "tracker_config", None) or
+                     to_dict(cfg), total_steps if cfg.progress else None)
 
     def to_device(batch: dict) -> dict:
         return {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -146,19 +146,8 @@ def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
         record.update({"eval/examples": n, "perf/eval_s": time.perf_counter() - t0})
         return record
 
-    def write(record: dict) -> None:
-        if main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
     if start_step == 0 and eval_idx:
-        write({"step": 0, "epoch": 0, **evaluate()})
-    bar = None
-    if cfg.progress and main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, initial=min(start_step, total_steps), desc=f"rlcf {stage.name}",
-                   dynamic_ncols=True)
+        log.write({"step": 0, "epoch": 0, **evaluate()}, advance=False)
 
     # 3. epochs x optimiser steps x minibatches
     guard = NonFiniteGuard(opt.max_nonfinite_steps)
@@ -210,18 +199,13 @@ def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
             record.update({"perf/step_s": step_s, "perf/rows_per_s": n_rows * accelerator.num_processes / step_s})
             if (step + 1) % steps_per_epoch == 0:
                 record.update(evaluate())
-            write(record)
-            if bar is not None:
-                bar.update(1)
-                first_loss = next((key for key in record if key.startswith("loss/")), None)
-                if first_loss:
-                    bar.set_postfix(loss=f"{record[first_loss]:.4f}")
+            first_loss = next((key for key in record if key.startswith("loss/")), None)
+            log.write(record, {"loss": f"{record[first_loss]:.4f}"} if first_loss else None)
             if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total_steps:
                 save_checkpoint(out, step + 1, model, optimizer, accelerator, {"epoch": epoch + 1, "stage": stage.name})
                 last_saved = step + 1
             accelerator.wait_for_everyone()
-    if bar is not None:
-        bar.close()
+    log.close()
 
     # 5. the final model, written elsewhere and renamed into place
     final = out / "final"

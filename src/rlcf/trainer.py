@@ -6,7 +6,6 @@ Per step: 1. rollout -> 2. rewards (score, KL) -> 3. advantages -> 4. epochs x m
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -14,12 +13,13 @@ from pathlib import Path
 import torch
 
 from .accel import adamw, make_accelerator
-from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
-from .config import TrainConfig
+from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, to_dict
 from .data import (Prompt, check_length, left_pad, load_prompts, load_records, load_rows, parse_columns, prepare_prompts,
                    tokenize_prompts)
 from .kl import kl_estimate, make_kl_controller
 from .losses import get_algorithm
+from .metrics_log import MetricsLog, trackers
 from .generation import make_backend
 from .models import build_models, resolve_model_path
 from .rewards import RewardError, RewardScaler, RewardSource, check_scores, load_callable
@@ -93,7 +93,8 @@ def train(cfg: TrainConfig) -> Path:
     algo = get_algorithm(cfg.algo)
     acfg = cfg.algo_config()
     out = Path(cfg.output_dir)
-    accelerator = make_accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=cfg.optim.mixed_precision)
+    accelerator = make_accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=cfg.optim.mixed_precision,
+                                   log_with=trackers(cfg.report_to), project_dir=str(out))
     set_seed(cfg.seed)
 
     # data and reward are checked before any model is loaded, so bad input fails fast
@@ -150,15 +151,7 @@ def train(cfg: TrainConfig) -> Path:
     engine.gather = accelerator.gather
     sampler = PromptSampler(len(prompts), cfg.rollout.prompts_per_step, cfg.seed, accelerator.process_index,
                             accelerator.num_processes)
-    metrics_path = out / "metrics.jsonl"
-    if accelerator.is_main_process:
-        truncate_metrics(metrics_path, start_step)
-
-    bar = None
-    if cfg.progress and accelerator.is_main_process:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start_step, desc=f"rlcf {cfg.algo}", dynamic_ncols=True)
+    log = MetricsLog(out, accelerator, start_step, f"rlcf-{cfg.algo}", to_dict(cfg), cfg.steps if cfg.progress else None)
     k = 1 if offline_rows is not None else cfg.rollout.group_size
     once = single_pass(cfg)
     trained_names = [n for n, p in inner.policy.named_parameters() if p.requires_grad]
@@ -194,12 +187,8 @@ def train(cfg: TrainConfig) -> Path:
             bad = ~torch.isfinite(raw_all)
             if not guard.ok({"reward": float(raw_all.sum())}, f"step {step + 1} ({int(bad.sum())} of {bad.numel()} "
                             "rewards non-finite)"):  # no update, no KL-controller or scaler update
-                if accelerator.is_main_process:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps({"step": step + 1, "optim/skipped": 1.0, "reward/nonfinite": int(bad.sum()),
-                                            "perf/step_s": time.perf_counter() - t_step}) + "\n")
-                    if bar is not None:
-                        bar.update(1)
+                log.write({"step": step + 1, "optim/skipped": 1.0, "reward/nonfinite": int(bad.sum()),
+                           "perf/step_s": time.perf_counter() - t_step})
                 continue
             resp_mask = rollout.response_mask
             models.train()
@@ -295,19 +284,13 @@ def train(cfg: TrainConfig) -> Path:
                 gold_scores = check_scores(gold(rollout.prompts, rollout.responses), rollout.prompts, rollout.responses,
                                            cfg.reward.gold)
                 record["gold/mean"] = float(g(gold_scores.to(accelerator.device)).mean())
-            if accelerator.is_main_process:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record['kl/k1_seq']:.3f}")
+            log.write(record, {"reward": f"{record['reward/mean']:.3f}", "kl": f"{record['kl/k1_seq']:.3f}"})
             if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
                 save_checkpoint(out, step + 1, models, optimizer, accelerator,
                                 {"kl_controller": kl_ctl.state_dict(), "reward_scaler": scaler.state_dict()})
                 last_saved = step + 1
             accelerator.wait_for_everyone()
-    if bar is not None:
-        bar.close()
+    log.close()
     final = out / "final"
     state = accelerator.get_state_dict(models) if accelerator.num_processes > 1 else None
     if accelerator.is_main_process:

@@ -212,6 +212,13 @@ def check_rules(cfg) -> None:
                               "use 2 or more")
         if not cfg.judge and not cfg.judge_model:
             raise ConfigError("no judge: set --judge MODULE:FUNCTION or --judge-model FOLDER")
+    if getattr(cfg, "report_to", ()):  # a tracker's package is missing: say which, before anything loads
+        from .metrics_log import trackers
+
+        try:
+            trackers(cfg.report_to)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if isinstance(cfg, C.PlotConfig) and not cfg.runs:
         raise ConfigError("no run folders given; pass --runs RUN_DIR [RUN_DIR ...] (the output_dir of each run)")
 

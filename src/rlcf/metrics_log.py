@@ -1,0 +1,91 @@
+"""One metrics log for every training loop: `metrics.jsonl` always (one JSON object per step, appended as it
+happens, truncated on resume), and the experiment trackers named by `--report-to` (tensorboard, wandb, mlflow,
+trackio) through accelerate's tracking. Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .checkpoint import truncate_metrics
+
+TRACKERS = {
+    "tensorboard": ("tensorboard", "is_tensorboard_available"),
+    "wandb": ("wandb", "is_wandb_available"),
+    "mlflow": ("mlflow", "is_mlflow_available"),
+    "trackio": ("trackio", "is_trackio_available"),
+}
+"""--report-to name -> (the package that provides it, accelerate's availability check)."""
+
+
+def trackers(report_to) -> list[str] | None:
+    """accelerate's `log_with` for --report-to: None when it names no tracker; a ValueError naming the package to
+    install when one is missing (before anything is loaded)."""
+    import accelerate.utils as au
+
+    names = [n for n in dict.fromkeys(report_to or ()) if n != "none"]
+    if not names:
+        return None
+    missing = [n for n in names if not getattr(au, TRACKERS[n][1])()]
+    if missing:
+        pkgs = " ".join(TRACKERS[n][0] for n in missing)
+        raise ValueError(f"--report-to {' '.join(missing)}: not installed here; pip install {pkgs}"
+                         + (" (or pip install 'rlcf[tensorboard]')" if "tensorboard" in missing else ""))
+    return names
+
+
+def _hparams(config: dict, prefix: str = "") -> dict:
+    """The config flattened to the scalar values trackers accept (None and lists as text)."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_hparams(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (bool, int, float, str)) else str(v)
+    return out
+
+
+class MetricsLog:
+    """Call on every process; only the main one writes. `start_step` > 0 (a resumed run) drops the records of the
+    steps after it (they are redone) and any torn last line; 0 starts the file afresh."""
+
+    def __init__(self, out_dir: Path, accelerator, start_step: int, name: str, config: dict | None = None,
+                 total_steps: int | None = None):
+        """name: the tracker run's name; total_steps: show a progress bar over that many steps (None: no bar)."""
+        self.path, self.accelerator, self.bar = Path(out_dir) / "metrics.jsonl", accelerator, None
+        self.main = accelerator.is_main_process
+        if self.main and total_steps is not None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=min(start_step, total_steps), desc=name.replace("-", " "),
+                            dynamic_ncols=True)
+        if self.main and start_step:
+            truncate_metrics(self.path, start_step)
+        elif self.main:
+            self.path.unlink(missing_ok=True)
+        self.tracking = bool(getattr(accelerator, "log_with", None))
+        if self.tracking:
+            accelerator.init_trackers(name, config=_hparams(config or {}))
+
+    def write(self, record: dict, postfix: dict[str, str] | None = None, advance: bool = True) -> None:
+        """Append one step's record; trackers get its numbers at its step; the progress bar advances (unless
+        advance=False: a record before the first step)."""
+        if not self.main:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tracking:
+            numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))
+                       and not isinstance(v, bool)}
+            self.accelerator.log(numbers, step=int(record["step"]))
+        if self.bar is not None and advance:
+            self.bar.update(1)
+            if postfix:
+                self.bar.set_postfix(**postfix)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tracking:
+            self.accelerator.end_training()
