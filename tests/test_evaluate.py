@@ -12,7 +12,7 @@ import torch
 
 from rlcf.config import EvalConfig, JudgeConfig, RolloutConfig
 from rlcf.data import left_pad
-from rlcf.evaluate import (evaluate, mean_stderr, run_eval, sequence_kl, token_logprobs,
+from rlcf.evaluate import (evaluate, mean_stderr, run_eval, sequence_kls, token_logprobs,
                            wilson_interval, win_rate_summary)
 from rlcf.judges import ScoreJudge
 from rlcf.generation import HFBackend
@@ -107,7 +107,7 @@ def test_monte_carlo_kl_estimates_agree_with_exact_kl(two_models):
         torch.manual_seed(123)
         r_ids = HFBackend(policy, PAD, {EOS}).generate(q_ids, q_mask, rollout).response_ids
         r_mask, _ = response_mask_from_ids(r_ids, {EOS})
-        kl = sequence_kl(token_logprobs(policy, q_ids, q_mask, r_ids, r_mask, temperature, 1000),
+        kl = sequence_kls(token_logprobs(policy, q_ids, q_mask, r_ids, r_mask, temperature, 1000),
                          token_logprobs(reference, q_ids, q_mask, r_ids, r_mask, temperature, 1000), r_mask)
         for estimator in ("k1", "k3"):
             mean, stderr = mean_stderr(kl[estimator].tolist())

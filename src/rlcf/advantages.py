@@ -119,3 +119,11 @@ def group_normalize(rewards: Tensor, k: int, std_eps: float = 1e-4) -> Tensor:
 def sequence_logprob(logprobs: Tensor, mask: Tensor) -> Tensor:
     """[B] log pi(y|x) = sum of token log-probs over response tokens only."""
     return (logprobs * mask).sum(dim=-1)
+
+
+def clipped_surrogate(ratio: Tensor, advantages: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """PPO's pessimistic clipped objective, elementwise, as a loss:
+      l = max(-A rho, -A clip(rho, 1 - eps, 1 + eps))
+    Returns (l, clipped), clipped = 1 where the clipped branch is the larger (the element gives no gradient)."""
+    unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - eps, 1 + eps)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped).to(ratio.dtype)

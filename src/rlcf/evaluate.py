@@ -38,7 +38,7 @@ from .config import EvalConfig, RolloutConfig
 from .data import DataError, Prompt, left_pad, load_prompts, prepare_prompts
 from .generation import GenerationBackend, HFBackend, eval_mode, make_backend
 from .judges import Judge, make_judge, public_url
-from .kl import kl_estimate
+from .kl import sequence_kl
 from .models import load_causal_lm, load_tokenizer, resolve_model_path, response_logprobs
 from .rewards import RewardSource, check_scores, load_callable
 from .rollout import eos_token_ids, response_mask_from_ids
@@ -64,9 +64,9 @@ def token_logprobs(model, query_ids: Tensor, query_mask: Tensor, response_ids: T
     return torch.cat(out) * response_mask
 
 
-def sequence_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> dict[str, Tensor]:
+def sequence_kls(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> dict[str, Tensor]:
     """Per-sample sequence KL estimates [B] of KL(pi || pi_ref), keyed 'k1' and 'k3' (sums over the mask)."""
-    return {e: (kl_estimate(logprobs, ref_logprobs, e) * mask).sum(1) for e in ("k1", "k3")}
+    return {e: sequence_kl(logprobs, ref_logprobs, mask, e) for e in ("k1", "k3")}
 
 
 # ---- statistics ----
@@ -202,7 +202,7 @@ def evaluate(policy, reference, tokenizer, prompts: Sequence[Prompt | str], roll
                               rollout.forward_chunk)
     ref_logprobs = logprobs if reference is policy else token_logprobs(
         reference, query_ids, query_mask, pol.response_ids, pol.mask, rollout.temperature, rollout.forward_chunk)
-    kl = sequence_kl(logprobs, ref_logprobs, pol.mask)
+    kl = sequence_kls(logprobs, ref_logprobs, pol.mask)
     timings["logprobs_s"] = time.perf_counter() - t0
 
     # 3. scores and the judge

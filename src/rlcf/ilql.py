@@ -30,12 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from .losses.ilql import ilql_decode_logits, polyak_update
-from .models import ModelError, decoder_layers, final_norm, sequence_inputs
+from .models import DTYPES, ModelError, decoder_layers, final_norm, sequence_inputs
 
 HEADS_FILE = "ilql_heads.safetensors"
 META_FILE = "ilql.json"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def _mlp(hidden: int, out: int) -> nn.Sequential:
     """trlX's head: Linear(h, 2h), ReLU, Linear(2h, out)."""
@@ -325,7 +323,7 @@ def load_ilql(folder, dtype: str | torch.dtype = "float32", device=None, trust_r
 
     folder = str(folder)
     meta = _read_meta(folder)
-    torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     heads = ILQLHeads(meta["hidden_size"], meta["vocab_size"], meta["two_qs"])
     heads_path = os.path.join(folder, meta.get("heads_file", HEADS_FILE))

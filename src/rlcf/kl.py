@@ -27,6 +27,11 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -
     raise ValueError(f"kl_estimate: unknown estimator {estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
 
 
+def sequence_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: str = "k1") -> Tensor:
+    """[B] sequence KL of each response: sum_t m_t k(log pi_t - log pi_ref_t), with k the named estimator."""
+    return (kl_estimate(logprobs, ref_logprobs, estimator) * mask).sum(-1)
+
+
 class FixedKLController:
     """beta stays what it was set to; update() only exists so the trainer treats both kinds alike."""
 

@@ -23,7 +23,7 @@ from .config import ModelConfig
 
 EMBEDDED = "embedded"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def cache_dir() -> Path:
@@ -221,7 +221,7 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code:
         return load_ilql(path, dtype, trust_remote_code=trust_remote_code)
 
     def load():
-        return AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
 
     return load() if os.path.isdir(path) else _from_hub(name_or_path, "model", load)
 
@@ -449,9 +449,9 @@ class PolicyModels(nn.Module):
         self.critic = None
         self.value_head = None
         if critic_kind == "separate":
-            self.critic = Critic(self._base_policy())
+            self.critic = Critic(self.base_policy())
         elif critic_kind == "value_head":
-            self.value_head = ValueHead(self._base_policy().config.hidden_size)
+            self.value_head = ValueHead(self.base_policy().config.hidden_size)
         elif critic_kind is not None:
             raise ValueError(f"model.critic={critic_kind!r}: choose separate or value_head")
 
@@ -463,7 +463,7 @@ class PolicyModels(nn.Module):
                 frozen.eval()
         return self
 
-    def _base_policy(self):
+    def base_policy(self):
         return self.policy.get_base_model() if self.ref_mode == "lora" else self.policy
 
     def trainable_parameters(self):

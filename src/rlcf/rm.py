@@ -26,8 +26,6 @@ from .stages import Stage, claim_run, right_pad, run_stage
 from .validate import validate
 
 PAD_TOKEN = "<|pad|>"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def run_rm(cfg: RMConfig) -> Path:
     """Train a reward model on cfg.data; returns the folder of the final model (OUTPUT_DIR/final)."""
@@ -71,7 +69,7 @@ def load_rm_model(cfg: RMConfig, tokenizer) -> nn.Module:
     embeddings resized if the tokenizer grew a pad token. The new score head is initialised from cfg.seed."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from .models import resolve_model_path
+    from .models import DTYPES, resolve_model_path
 
     path = resolve_model_path(cfg.model)
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, num_labels=1)
@@ -82,7 +80,7 @@ def load_rm_model(cfg: RMConfig, tokenizer) -> nn.Module:
     config.pad_token_id = tokenizer.pad_token_id if in_vocab else None
     torch.manual_seed(cfg.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code)
+        path, config=config, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id

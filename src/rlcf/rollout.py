@@ -90,7 +90,7 @@ class RolloutEngine:
         self.cfg = cfg
         self.with_values = with_values
         self.tokenizer = models.tokenizer
-        self.eos_ids = eos_token_ids(self.tokenizer, models._base_policy())
+        self.eos_ids = eos_token_ids(self.tokenizer, models.base_policy())
         self.backend = backend or HFBackend(models.policy, self.tokenizer.pad_token_id, self.eos_ids,
                                             cfg.generation_chunk)
         self.gather = lambda t: t  # all processes' rows of a tensor (the trainer sets accelerator.gather)

@@ -17,7 +17,7 @@ from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_che
 from .config import TrainConfig, to_dict
 from .data import (Prompt, check_length, left_pad, load_prompts, load_records, load_rows, parse_columns, prepare_prompts,
                    tokenize_prompts)
-from .kl import kl_estimate, make_kl_controller
+from .kl import make_kl_controller, sequence_kl
 from .losses import get_algorithm
 from .metrics_log import MetricsLog, trackers
 from .generation import make_backend
@@ -142,7 +142,7 @@ def train(cfg: TrainConfig) -> Path:
         accelerator.print(f"resumed from {ckpt} (step {start_step})")
     models, optimizer = accelerator.prepare(models, optimizer)
     inner = accelerator.unwrap_model(models)
-    eos_ids = eos_token_ids(tokenizer, inner._base_policy())
+    eos_ids = eos_token_ids(tokenizer, inner.base_policy())
     backend = make_backend(cfg.rollout, inner.policy, tokenizer, eos_ids, resolve_model_path(cfg.model.name_or_path),
                            cfg.model.dtype, cfg.seed + accelerator.process_index, cfg.model.trust_remote_code)
     if ckpt is not None and backend.name != "hf":
@@ -202,7 +202,7 @@ def train(cfg: TrainConfig) -> Path:
 
             # 2. rewards: the KL of the sampling policy to the reference, with the estimator in the key
             beta = kl_ctl.value
-            seq_kl = {e: (kl_estimate(rollout.logprobs, rollout.ref_logprobs, e) * resp_mask).sum(1) for e in ("k1", "k3")}
+            seq_kl = {e: sequence_kl(rollout.logprobs, rollout.ref_logprobs, resp_mask, e) for e in ("k1", "k3")}
 
             # 3. advantages (algorithm-specific, once per rollout batch)
             adv_out = algo.advantages(

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from rlcf.advantages import explained_variance, masked_mean, whitened_gae
-from rlcf.kl import kl_estimate
+from rlcf.kl import kl_estimate, sequence_kl
 from rlcf.types import AdvantageInput, LossBatch
 
 ANCHORS = ("init", "old")
@@ -59,7 +59,7 @@ def apa_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
 
     with torch.no_grad():
         log_ratio = batch.logprobs - batch.old_logprobs
-        seq_kl = (kl_estimate(batch.logprobs, batch.ref_logprobs, "k1") * mask).sum(-1)
+        seq_kl = sequence_kl(batch.logprobs, batch.ref_logprobs, mask)
         metrics = {
             "loss/policy": pg_loss.detach(),
             "loss/value": vf_loss.detach(),

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from rlcf.advantages import explained_variance, masked_mean, whitened_gae
-from rlcf.kl import kl_estimate
+from rlcf.kl import kl_estimate, sequence_kl
 from rlcf.types import AdvantageInput, LossBatch
 
 
@@ -51,7 +51,7 @@ def awr_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
     loss = pg_loss + cfg.vf_coef * vf_loss
 
     with torch.no_grad():
-        seq_kl = (kl_estimate(batch.logprobs, batch.ref_logprobs, "k1") * mask).sum(-1)
+        seq_kl = sequence_kl(batch.logprobs, batch.ref_logprobs, mask)
         metrics = {
             "loss/policy": pg_loss.detach(),
             "loss/value": vf_loss.detach(),

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlcf.advantages import explained_variance, masked_mean, whitened_gae
-from rlcf.kl import kl_estimate
+from rlcf.advantages import clipped_surrogate, explained_variance, masked_mean, whitened_gae
+from rlcf.kl import sequence_kl
 from rlcf.types import AdvantageInput, LossBatch
 
 
@@ -21,7 +21,7 @@ def ppo_advantages(inp: AdvantageInput, cfg: Any) -> dict[str, Tensor]:
     advantages, returns = whitened_gae(
         inp.scores, inp.logprobs, inp.ref_logprobs, mask, inp.values, inp.kl_coef, cfg.gamma, cfg.lam
     )
-    seq_kl = (kl_estimate(inp.logprobs, inp.ref_logprobs, "k1") * mask).sum(-1)
+    seq_kl = sequence_kl(inp.logprobs, inp.ref_logprobs, mask)
     return {
         "advantages": advantages,
         "returns": returns,
@@ -45,8 +45,8 @@ def ppo_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
     mask, A, R = batch.mask, batch.advantages, batch.returns
     log_ratio = batch.logprobs - batch.old_logprobs
     rho = log_ratio.exp()
-    pg_un, pg_cl = -A * rho, -A * rho.clamp(1 - cfg.eps, 1 + cfg.eps)
-    pg_loss = masked_mean(torch.maximum(pg_un, pg_cl), mask)
+    surrogate, clipped = clipped_surrogate(rho, A, cfg.eps)
+    pg_loss = masked_mean(surrogate, mask)
 
     V, V_old = batch.values, batch.old_values
     V_clip = torch.clamp(V, V_old - cfg.eps_v, V_old + cfg.eps_v)
@@ -55,12 +55,12 @@ def ppo_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
     loss = pg_loss + cfg.vf_coef * vf_loss
 
     with torch.no_grad():
-        seq_kl = ((batch.logprobs - batch.ref_logprobs) * mask).sum(-1)
+        seq_kl = sequence_kl(batch.logprobs, batch.ref_logprobs, mask)
         metrics = {
             "loss/policy": pg_loss.detach(),
             "loss/value": vf_loss.detach(),
             "loss/total": loss.detach(),
-            "policy/clipfrac": masked_mean((pg_cl > pg_un).to(rho.dtype), mask),
+            "policy/clipfrac": masked_mean(clipped, mask),
             "policy/approx_kl": masked_mean(log_ratio.expm1() - log_ratio, mask),
             "value/clipfrac": masked_mean((vf_cl > vf_un).to(rho.dtype), mask),
             "value/explained_var": explained_variance(V, R, mask),

@@ -7,13 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlcf.advantages import group_normalize, leave_one_out, masked_mean, sequence_logprob
-from rlcf.kl import kl_estimate
+from rlcf.advantages import clipped_surrogate, group_normalize, leave_one_out, masked_mean, sequence_logprob
+from rlcf.kl import kl_estimate, sequence_kl
 from rlcf.types import AdvantageInput, LossBatch
-
-
-def _seq_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: str) -> Tensor:
-    return (kl_estimate(logprobs, ref_logprobs, estimator) * mask).sum(-1)
 
 
 def _need_advantages(batch: LossBatch, who: str) -> Tensor:
@@ -24,7 +20,7 @@ def _need_advantages(batch: LossBatch, who: str) -> Tensor:
 
 def rloo_advantages(inp: AdvantageInput, cfg: Any) -> dict[str, Tensor]:
     """r_i = s_i - beta sum_t k1_t (pi_old vs pi_ref); A_i = r_i - mean_{j != i} r_j within the prompt's group."""
-    seq_kl = _seq_kl(inp.logprobs, inp.ref_logprobs, inp.mask, "k1")
+    seq_kl = sequence_kl(inp.logprobs, inp.ref_logprobs, inp.mask, "k1")
     rewards = inp.scores.to(seq_kl.dtype) - inp.kl_coef * seq_kl
     return {"advantages": leave_one_out(rewards, inp.group_size), "kl/k1_seq": seq_kl.mean()}
 
@@ -39,15 +35,15 @@ def rloo_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
     A, mask = _need_advantages(batch, "rloo_loss"), batch.mask
     seq_log_ratio = sequence_logprob(batch.logprobs - batch.old_logprobs, mask)
     rho = seq_log_ratio.exp()
-    un, cl = -A * rho, -A * rho.clamp(1 - cfg.eps, 1 + cfg.eps)
-    loss = torch.maximum(un, cl).mean()
+    per_seq, clipped = clipped_surrogate(rho, A, cfg.eps)
+    loss = per_seq.mean()
     with torch.no_grad():
         log_ratio = batch.logprobs - batch.old_logprobs
         metrics = {
             "loss/policy": loss.detach(),
-            "policy/clipfrac": (cl > un).to(rho.dtype).mean(),
+            "policy/clipfrac": clipped.mean(),
             "policy/approx_kl": masked_mean(log_ratio.expm1() - log_ratio, mask),
-            "kl/k1_seq": _seq_kl(batch.logprobs, batch.ref_logprobs, mask, "k1").mean(),
+            "kl/k1_seq": sequence_kl(batch.logprobs, batch.ref_logprobs, mask, "k1").mean(),
         }
     return loss, metrics
 
@@ -56,8 +52,8 @@ def grpo_advantages(inp: AdvantageInput, cfg: Any) -> dict[str, Tensor]:
     """A_i = (s_i - mean_j s_j) / (std_j s_j + std_eps); no KL in the reward (it is in the loss)."""
     return {
         "advantages": group_normalize(inp.scores, inp.group_size, cfg.std_eps),
-        "kl/k1_seq": _seq_kl(inp.logprobs, inp.ref_logprobs, inp.mask, "k1").mean(),
-        "kl/k3_seq": _seq_kl(inp.logprobs, inp.ref_logprobs, inp.mask, "k3").mean(),
+        "kl/k1_seq": sequence_kl(inp.logprobs, inp.ref_logprobs, inp.mask, "k1").mean(),
+        "kl/k3_seq": sequence_kl(inp.logprobs, inp.ref_logprobs, inp.mask, "k3").mean(),
     }
 
 
@@ -72,17 +68,17 @@ def grpo_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
     log_ratio = batch.logprobs - batch.old_logprobs
     rho = log_ratio.exp()
     A_t = A[:, None].to(rho.dtype)
-    un, cl = -A_t * rho, -A_t * rho.clamp(1 - cfg.eps, 1 + cfg.eps)
+    surrogate, clipped = clipped_surrogate(rho, A_t, cfg.eps)
     k3 = kl_estimate(batch.logprobs, batch.ref_logprobs, "k3")
-    per_token = torch.maximum(un, cl) + batch.kl_coef * k3
+    per_token = surrogate + batch.kl_coef * k3
     # Each sequence weighs the same whatever its length; an empty row contributes 0 instead of NaN.
     lengths = mask.sum(-1).clamp_min(1)
     loss = ((per_token * mask).sum(-1) / lengths).mean()
     with torch.no_grad():
         metrics = {
             "loss/policy": loss.detach(),
-            "policy/clipfrac": masked_mean((cl > un).to(rho.dtype), mask),
+            "policy/clipfrac": masked_mean(clipped, mask),
             "policy/approx_kl": masked_mean(log_ratio.expm1() - log_ratio, mask),
-            "kl/k3_seq": (k3 * mask).sum(-1).mean(),
+            "kl/k3_seq": sequence_kl(batch.logprobs, batch.ref_logprobs, mask, "k3").mean(),
         }
     return loss, metrics
