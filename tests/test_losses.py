@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlcf.config import GRPOConfig, P3OConfig, PPOConfig, RLOOConfig
+from rlcf.config import GRPOConfig, P3OConfig, PPOConfig, RLOOConfig, TrainConfig
 from rlcf.losses import (
     ALGORITHMS,
     get_algorithm,
@@ -468,15 +468,19 @@ def test_grpo_loss_matches_slow_reference_with_grads():
 
 def test_registry_contents():
     assert set(ALGORITHMS) == {"p3o", "ppo", "rloo", "grpo", "apa", "awr"}
-    flags = {n: (a.needs_critic, a.kl_estimator, a.kl_in_reward, a.adaptive_kl) for n, a in ALGORITHMS.items()}
+    flags = {n: (a.needs_critic, a.kl_estimator, a.adaptive_kl, a.strength, a.offline, a.min_group)
+             for n, a in ALGORITHMS.items()}
     assert flags == {
-        "p3o": (False, "k1", False, False),
-        "ppo": (True, "k1", True, True),
-        "rloo": (False, "k1", True, False),
-        "grpo": (False, "k3", False, False),
-        "apa": (True, "k1", False, False),
-        "awr": (True, "k1", False, False),
+        "p3o": (False, "k1", False, "beta", False, 2),
+        "ppo": (True, "k1", True, "beta", False, 1),
+        "rloo": (False, "k1", False, "beta", False, 2),
+        "grpo": (False, "k3", False, "beta", False, 2),
+        "apa": (True, "k1", False, "lam", True, 1),
+        "awr": (True, "k1", False, "inv_lam", True, 1),
     }
+    # the strength field each row names exists in that algorithm's config
+    for name, algo in ALGORITHMS.items():
+        assert hasattr(TrainConfig(algo=name).algo_config(), algo.strength), name
     assert get_algorithm("p3o").loss is p3o_loss
     with pytest.raises(ValueError, match="apa, awr, grpo, p3o, ppo, rloo"):
         get_algorithm("dpo-ish")

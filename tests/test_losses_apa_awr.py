@@ -224,10 +224,11 @@ def test_registry_entries():
     for name, loss, adv in (("apa", apa_loss, apa_advantages), ("awr", awr_loss, awr_advantages)):
         algo = get_algorithm(name)
         assert name in ALGORITHMS and algo.loss is loss and algo.advantages is adv
-        assert (algo.needs_critic, algo.kl_estimator, algo.kl_in_reward, algo.adaptive_kl) == (True, "k1", False, False)
+        assert (algo.needs_critic, algo.kl_estimator, algo.adaptive_kl, algo.offline) == (True, "k1", False, True)
     cfg = TrainConfig(algo="apa")
     assert isinstance(cfg.algo_config(), APAConfig) and isinstance(TrainConfig(algo="awr").algo_config(), AWRConfig)
-    assert (APAConfig().lam, APAConfig().beta, AWRConfig().inv_lam, AWRConfig().beta) == (0.1, 0.05, 0.5, 0.0)
+    assert (APAConfig().lam, APAConfig().beta, AWRConfig().inv_lam) == (0.1, 0.05, 0.5)
+    assert not hasattr(AWRConfig(), "beta")  # AWR has no KL coefficient: lam alone sets its distance
 
 
 @pytest.mark.parametrize("name,cfg", [("apa", APAConfig()), ("awr", AWRConfig())])

@@ -100,8 +100,6 @@ class APAConfig:
 class AWRConfig:
     """AWR as the APA paper applies it to LMs: NLL weighted by exp(A/lam); critic, whitened GAE, no KL in the reward."""
 
-    beta: float = 0.0
-    """Unused: APA/AWR control KL through lam (present because the trainer builds a KL controller from it)."""
     inv_lam: float = 0.5
     """1/lam in the weight w = exp(A/lam) (0.5 online on HH; 1 on TL;DR and offline)."""
     gamma: float = 1.0

@@ -39,8 +39,6 @@ EVAL_KEYS = {
 }
 """Flattened eval.json keys behind each final value, first found wins."""
 
-STRENGTH_KEYS = {"p3o": "beta", "apa": "lam", "awr": "inv_lam", "rloo": "beta", "grpo": "beta"}
-"""config.yaml section key holding each algorithm's KL strength (PPO: kl_target, or beta when fixed)."""
 
 
 class PlotError(ValueError):
@@ -172,7 +170,9 @@ def _algo_and_strength(cfg: dict) -> tuple[str, Optional[str], Optional[float]]:
         adaptive = isinstance(section, dict) and section.get("kl_target") is not None
         name, label = ("kl_target", "ppo-adaptive") if adaptive else ("beta", "ppo")
     else:
-        name = STRENGTH_KEYS.get(algo, "beta")
+        from .losses.registry import ALGORITHMS
+
+        name = ALGORITHMS[algo].strength if algo in ALGORITHMS else "beta"  # the registry row says which field
     if algo == "p3o" and isinstance(section, dict) and section.get("variant"):
         label = f"p3o-{section['variant']}"
     label = f"{label}-offline" if cfg.get("offline_data") else label

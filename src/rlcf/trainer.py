@@ -19,6 +19,7 @@ from .data import (Prompt, check_length, left_pad, load_prompts, load_records, l
                    tokenize_prompts)
 from .kl import make_kl_controller, sequence_kl
 from .losses import get_algorithm
+from .losses.registry import offline_algorithms
 from .metrics_log import MetricsLog, trackers
 from .generation import make_backend
 from .models import build_models, resolve_model_path
@@ -119,7 +120,7 @@ def train(cfg: TrainConfig) -> Path:
         response_ids = tokenize_responses([r["response"] for r in offline_rows], tokenizer, cfg.rollout.max_new_tokens,
                                           source)
     scaler = RewardScaler(cfg.reward.clip, cfg.reward.scaling)
-    kl_ctl = make_kl_controller(acfg.beta, getattr(acfg, "kl_target", None) if algo.adaptive_kl else None,
+    kl_ctl = make_kl_controller(getattr(acfg, "beta", 0.0), getattr(acfg, "kl_target", None) if algo.adaptive_kl else None,
                                 getattr(acfg, "kl_horizon", 10000))
 
     critic_params = [p for n, p in models.named_parameters() if p.requires_grad and (n.startswith("critic.") or n.startswith("value_head."))]
@@ -303,15 +304,12 @@ def train(cfg: TrainConfig) -> Path:
     return final
 
 
-OFFLINE_ALGOS = ("apa", "awr", "ilql")
-
-
 def load_offline_rows(cfg: TrainConfig, device="cpu") -> list[dict]:
     """(prompt, response, reward) rows for offline APA/AWR/ILQL, validated up front. A file of preference pairs
     (prompt, chosen, rejected columns, e.g. `rlcf label`'s output) gives two rows a pair, rewarded +1 (chosen)
     and -1 (rejected), or with --offline-pair-rewards reward_model, by --reward.model's scores."""
-    if cfg.algo not in OFFLINE_ALGOS:
-        raise ValueError(f"--offline-data works with --algo {', '.join(OFFLINE_ALGOS)} (fixed rows); {cfg.algo} "
+    if cfg.algo not in offline_algorithms():
+        raise ValueError(f"--offline-data works with --algo {', '.join(offline_algorithms())} (fixed rows); {cfg.algo} "
                          "learns from its own samples. For preference pairs use `rlcf dpo`.")
     mapping = parse_columns(cfg.offline_columns, ("prompt", "response", "reward", "chosen", "rejected"),
                             "--offline-columns")

@@ -182,20 +182,19 @@ def check_ranges(cfg, where: str = "") -> None:
                 raise ConfigError(f"{_option(path)}={value!r}: must be {allowed}")
 
 
-PAIRWISE = {"p3o": "P3O compares the responses of a prompt in pairs", "rloo": "RLOO's baseline leaves one out",
-            "grpo": "GRPO normalises over the group"}
-
-
 def check_rules(cfg) -> None:
     """The rules between fields."""
     if isinstance(cfg, C.TrainConfig):
-        k = cfg.rollout.group_size
-        if cfg.offline_data is None and cfg.algo in PAIRWISE and k < 2:
-            raise ConfigError(f"--rollout.group-size={k}: --algo {cfg.algo} needs at least 2 responses per prompt "
-                              f"({PAIRWISE[cfg.algo]}); use 2 or more")
-        if cfg.offline_data is not None and cfg.algo not in ("apa", "awr", "ilql"):
-            raise ConfigError(f"--offline-data works with --algo apa, awr or ilql (fixed rows, a critic and "
-                              f"advantages); {cfg.algo} learns from its own samples. For preference pairs use `rlcf dpo`.")
+        from .losses.registry import ALGORITHMS, offline_algorithms
+
+        k, row = cfg.rollout.group_size, ALGORITHMS.get(cfg.algo)
+        if cfg.offline_data is None and row is not None and k < row.min_group:
+            raise ConfigError(f"--rollout.group-size={k}: --algo {cfg.algo} needs at least {row.min_group} responses "
+                              f"per prompt ({row.needs_group}); use {row.min_group} or more")
+        offline = offline_algorithms()
+        if cfg.offline_data is not None and cfg.algo not in offline:
+            raise ConfigError(f"--offline-data works with --algo {', '.join(offline[:-1])} or {offline[-1]} (fixed "
+                              f"rows); {cfg.algo} learns from its own samples. For preference pairs use `rlcf dpo`.")
         if cfg.algo == "ilql" and cfg.offline_data is None:
             raise ConfigError("--algo ilql learns offline only: give --offline-data FILE with (prompt, response, "
                               "reward) rows or (prompt, chosen, rejected) pairs")

@@ -26,27 +26,42 @@ class Algorithm:
     needs_critic: bool
     kl_estimator: str
     """Estimator of the KL the reward or loss uses; its metric is "kl/<estimator>_seq"."""
-    kl_in_reward: bool
-    """True: beta shapes the reward before the advantages; False: the loss applies beta itself."""
     adaptive_kl: bool
     """True: beta follows the adaptive controller (cfg.kl_target); False: fixed beta."""
+    strength: str = "beta"
+    """The config field that sets how far the policy may move from the reference (plots and frontiers)."""
+    offline: bool = False
+    """Also learns from fixed (prompt, response, reward) rows (--offline-data)."""
+    min_group: int = 1
+    """Fewest responses per prompt (rollout.group_size) the loss is defined for."""
+    needs_group: str = ""
+    """Why min_group > 1, for the error message."""
 
 
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in (
-        Algorithm("p3o", p3o_loss, p3o_advantages, False, "k1", False, False),
-        Algorithm("ppo", ppo_loss, ppo_advantages, True, "k1", True, True),
-        Algorithm("rloo", rloo_loss, rloo_advantages, False, "k1", True, False),
-        Algorithm("grpo", grpo_loss, grpo_advantages, False, "k3", False, False),
-        # APA and AWR: no KL anywhere by default; lam alone controls the distance to pi_init. The flags are
-        # per algorithm, not per config: APA's non-default anchor='old' puts beta's k1 penalty in the reward
-        # inside apa_advantages itself (from inp.kl_coef = the fixed cfg.beta), so kl_in_reward=False
-        # describes the paper's default. AWR's beta is 0 and unused.
-        Algorithm("apa", apa_loss, apa_advantages, True, "k1", False, False),
-        Algorithm("awr", awr_loss, awr_advantages, True, "k1", False, False),
+        Algorithm("p3o", p3o_loss, p3o_advantages, False, "k1", False, min_group=2,
+                  needs_group="P3O compares the responses of a prompt in pairs"),
+        # PPO's strength is kl_target when set (adaptive), else its fixed beta: see plot.py
+        Algorithm("ppo", ppo_loss, ppo_advantages, True, "k1", True),
+        Algorithm("rloo", rloo_loss, rloo_advantages, False, "k1", False, min_group=2,
+                  needs_group="RLOO's baseline leaves one out"),
+        Algorithm("grpo", grpo_loss, grpo_advantages, False, "k3", False, min_group=2,
+                  needs_group="GRPO normalises over the group"),
+        # APA and AWR: no KL in the reward by default; lam alone controls the distance to pi_init (APA's
+        # non-default anchor='old' puts beta's k1 penalty in the reward inside apa_advantages itself)
+        Algorithm("apa", apa_loss, apa_advantages, True, "k1", False, strength="lam", offline=True),
+        Algorithm("awr", awr_loss, awr_advantages, True, "k1", False, strength="inv_lam", offline=True),
     )
 }
+
+OFFLINE_ONLY = ("ilql",)
+"""Algorithms outside the RL loop: they learn from fixed rows only (rlcf.ilql_train)."""
+
+
+def offline_algorithms() -> list[str]:
+    return [n for n, a in ALGORITHMS.items() if a.offline] + list(OFFLINE_ONLY)
 
 
 def get_algorithm(name: str) -> Algorithm:
