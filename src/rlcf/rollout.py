@@ -175,3 +175,51 @@ class RolloutEngine:
             truncated=truncated,
             trunk_hidden=torch.cat(hiddens) if hiddens[0] is not None else None,
         )
+
+
+class SampledRollouts:
+    """Online source of the trainer's rollouts: each step samples K responses to its prompts and scores them."""
+
+    def __init__(self, engine: RolloutEngine, prompts: list[str], prompt_ids: list[list[int]], group_size: int,
+                 device="cpu"):
+        self.engine, self.prompts, self.prompt_ids, self.group_size = engine, prompts, prompt_ids, group_size
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def rollout(self, idx: list[int], timings: Timings, need_old: bool = True) -> Rollout:
+        ids, mask = _queries(self.engine, [self.prompt_ids[i] for i in idx], self.device)
+        return self.engine.run([self.prompts[i] for i in idx], ids, mask, timings, need_old=need_old)
+
+
+class FixedRollouts:
+    """Offline source (APA, AWR on --offline-data): each step's rollout is fixed (prompt, response, reward) rows,
+    one response per prompt; nothing is sampled."""
+
+    group_size = 1
+
+    def __init__(self, engine: RolloutEngine, rows: list[dict], prompt_ids: list[list[int]],
+                 response_ids: list[list[int]], device="cpu"):
+        self.engine, self.rows, self.prompt_ids, self.response_ids = engine, rows, prompt_ids, response_ids
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def rollout(self, idx: list[int], timings: Timings, need_old: bool = True) -> Rollout:
+        from .stages import right_pad
+
+        ids, mask = _queries(self.engine, [self.prompt_ids[i] for i in idx], self.device)
+        responses = right_pad([self.response_ids[i] for i in idx], self.engine.tokenizer.pad_token_id)[0]
+        return self.engine.from_data([self.rows[i]["prompt"] for i in idx], [self.rows[i]["response"] for i in idx],
+                                     ids, mask, responses.to(ids.device),
+                                     torch.tensor([self.rows[i]["reward"] for i in idx]), timings, need_old=need_old)
+
+
+def _queries(engine: RolloutEngine, prompt_ids: list[list[int]], device) -> tuple[Tensor, Tensor]:
+    """Left-padded prompt ids and mask on `device`."""
+    from .data import left_pad
+
+    ids, mask = left_pad(prompt_ids, engine.tokenizer.pad_token_id)
+    return ids.to(device), mask.to(device)

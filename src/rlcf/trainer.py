@@ -15,7 +15,7 @@ import torch
 from .accel import adamw, make_accelerator
 from .checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_dict
-from .data import (Prompt, check_length, left_pad, load_prompts, load_records, load_rows, parse_columns, prepare_prompts,
+from .data import (Prompt, check_length, load_prompts, load_records, load_rows, parse_columns, prepare_prompts,
                    tokenize_prompts)
 from .kl import make_kl_controller, sequence_kl
 from .losses import get_algorithm
@@ -24,10 +24,10 @@ from .metrics_log import MetricsLog, trackers
 from .generation import make_backend
 from .models import build_models, resolve_model_path
 from .rewards import RewardError, RewardScaler, RewardSource, check_scores, load_callable
-from .rollout import RolloutEngine, Timings, eos_token_ids, release_memory
+from .rollout import FixedRollouts, RolloutEngine, SampledRollouts, Timings, eos_token_ids, release_memory
 from .rundir import RunDir
 from .safety import NonFiniteGuard, StopSignals, stopped
-from .stages import encode_response, right_pad
+from .stages import encode_response
 from .types import AdvantageInput, LossBatch
 from .validate import validate
 
@@ -150,10 +150,16 @@ def train(cfg: TrainConfig) -> Path:
         backend.update_weights(inner.merged_policy())
     engine = RolloutEngine(inner, reward, scaler, cfg.rollout, with_values=algo.needs_critic, backend=backend)
     engine.gather = accelerator.gather
-    sampler = PromptSampler(len(prompts), cfg.rollout.prompts_per_step, cfg.seed, accelerator.process_index,
+    # where each step's rollout comes from: sampled online, or fixed rows (offline APA/AWR); the loop is the same
+    if offline_rows is None:
+        rollouts = SampledRollouts(engine, [p.text for p in prompts], prompt_ids, cfg.rollout.group_size,
+                                   accelerator.device)
+    else:
+        rollouts = FixedRollouts(engine, offline_rows, prompt_ids, response_ids, accelerator.device)
+    sampler = PromptSampler(len(rollouts), cfg.rollout.prompts_per_step, cfg.seed, accelerator.process_index,
                             accelerator.num_processes)
     log = MetricsLog(out, accelerator, start_step, f"rlcf-{cfg.algo}", to_dict(cfg), cfg.steps if cfg.progress else None)
-    k = 1 if offline_rows is not None else cfg.rollout.group_size
+    k = rollouts.group_size
     once = single_pass(cfg)
     trained_names = [n for n, p in inner.policy.named_parameters() if p.requires_grad]
     guard = NonFiniteGuard(cfg.optim.max_nonfinite_steps)
@@ -169,20 +175,11 @@ def train(cfg: TrainConfig) -> Path:
             t_step = time.perf_counter()
             timings = Timings()
             # 1. rollout: K samples per prompt, scores, reference log-probs (and pi_old, values unless the update's own
-            #    forward gives them); offline: a batch of data rows
-            idx = sampler.batch(step)
-            ids, mask = left_pad([prompt_ids[i] for i in idx], tokenizer.pad_token_id)
-            ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
-            if offline_rows is None:
-                try:
-                    rollout = engine.run([prompts[i].text for i in idx], ids, mask, timings, need_old=not once)
-                except RewardError as e:
-                    raise e.at(f"step {step + 1}") from e.__cause__
-            else:
-                rollout = engine.from_data(
-                    [prompts[i].text for i in idx], [offline_rows[i]["response"] for i in idx], ids, mask,
-                    right_pad([response_ids[i] for i in idx], tokenizer.pad_token_id)[0].to(accelerator.device),
-                    torch.tensor([offline_rows[i]["reward"] for i in idx]), timings, need_old=not once)
+            #    forward gives them); offline, the same from a batch of data rows
+            try:
+                rollout = rollouts.rollout(sampler.batch(step), timings, need_old=not once)
+            except RewardError as e:
+                raise e.at(f"step {step + 1}") from e.__cause__
             release_memory()  # generation's cache, before the update's activations
             raw_all = accelerator.gather(rollout.raw_scores.float())
             bad = ~torch.isfinite(raw_all)
