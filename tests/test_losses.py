@@ -467,7 +467,7 @@ def test_grpo_loss_matches_slow_reference_with_grads():
 
 
 def test_registry_contents():
-    assert set(ALGORITHMS) == {"p3o", "ppo", "rloo", "grpo", "apa", "awr"}
+    assert set(ALGORITHMS) == {"p3o", "ppo", "rloo", "grpo", "gspo", "apa", "awr"}
     flags = {n: (a.needs_critic, a.kl_estimator, a.adaptive_kl, a.strength, a.offline, a.min_group)
              for n, a in ALGORITHMS.items()}
     assert flags == {
@@ -475,6 +475,7 @@ def test_registry_contents():
         "ppo": (True, "k1", True, "beta", False, 1),
         "rloo": (False, "k1", False, "beta", False, 2),
         "grpo": (False, "k3", False, "beta", False, 2),
+        "gspo": (False, "k3", False, "beta", False, 2),
         "apa": (True, "k1", False, "lam", True, 1),
         "awr": (True, "k1", False, "inv_lam", True, 1),
     }
@@ -482,7 +483,7 @@ def test_registry_contents():
     for name, algo in ALGORITHMS.items():
         assert hasattr(TrainConfig(algo=name).algo_config(), algo.strength), name
     assert get_algorithm("p3o").loss is p3o_loss
-    with pytest.raises(ValueError, match="apa, awr, grpo, p3o, ppo, rloo"):
+    with pytest.raises(ValueError, match="apa, awr, grpo, gspo, p3o, ppo, rloo"):
         get_algorithm("dpo-ish")
 
 

@@ -131,6 +131,6 @@ def test_reward_returning_wrong_count_or_nan_is_named(tiny_model_dir, tmp_path):
 
 
 def test_unknown_algorithm_is_named(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"--algo: expected one of 'p3o', 'ppo', 'rloo', 'grpo', 'apa', 'awr', 'ilql', got 'dqn'"):
+    with pytest.raises(ValueError, match=r"--algo: expected one of 'p3o', 'ppo', 'rloo', 'grpo', 'gspo', 'apa', 'awr', 'ilql', got 'dqn'"):
         train(tiny_config(tiny_model_dir, tmp_path, "dqn", steps=1))
     assert not tmp_path.joinpath("config.yaml").exists()  # checked before anything is written

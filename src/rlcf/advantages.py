@@ -121,9 +121,11 @@ def sequence_logprob(logprobs: Tensor, mask: Tensor) -> Tensor:
     return (logprobs * mask).sum(dim=-1)
 
 
-def clipped_surrogate(ratio: Tensor, advantages: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def clipped_surrogate(ratio: Tensor, advantages: Tensor, eps: float,
+                      eps_high: float | None = None) -> tuple[Tensor, Tensor]:
     """PPO's pessimistic clipped objective, elementwise, as a loss:
-      l = max(-A rho, -A clip(rho, 1 - eps, 1 + eps))
+      l = max(-A rho, -A clip(rho, 1 - eps, 1 + eps_high)),  eps_high = eps unless given
     Returns (l, clipped), clipped = 1 where the clipped branch is the larger (the element gives no gradient)."""
-    unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - eps, 1 + eps)
+    high = eps if eps_high is None else eps_high
+    unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - eps, 1 + high)
     return torch.maximum(unclipped, clipped), (clipped > unclipped).to(ratio.dtype)

@@ -18,7 +18,7 @@ from .config import (DPOStageConfig, EvalConfig, LabelConfig, PipelineConfig, Pl
 
 # command -> (config dataclass, one line of help, runner "module:function" taking the config)
 COMMANDS = {
-    "train": (TrainConfig, "online RL against a reward (P3O, APA, PPO, AWR, RLOO, GRPO), or APA/AWR/ILQL on --offline-data",
+    "train": (TrainConfig, "online RL against a reward (P3O, APA, PPO, AWR, RLOO, GRPO, GSPO), or APA/AWR/ILQL on --offline-data",
               "rlcf.trainer:train"),
     "sft": (SFTConfig, "supervised fine-tuning on prompt/completion or messages data", "rlcf.sft:run_sft"),
     "rm": (RMConfig, "reward model from (prompt, chosen, rejected) pairs, Bradley-Terry loss", "rlcf.rm:run_rm"),

@@ -79,6 +79,20 @@ class GRPOConfig:
 
 
 @dataclass
+class GSPOConfig:
+    """GSPO (Zheng et al. 2025): group-normalised advantages, length-normalised sequence ratio clipped per sequence."""
+
+    beta: float = 0.0
+    """Coefficient of GRPO's k3 KL in the loss (the paper uses none)."""
+    eps: float = 3e-4
+    """Lower clip range of the sequence ratio (the paper's 3e-4: sequence ratios stay much nearer 1 than token ones)."""
+    eps_high: float = 4e-4
+    """Upper clip range of the sequence ratio (the paper's 4e-4)."""
+    std_eps: float = 1e-4
+    """Added to the group's (unbiased) reward std before dividing."""
+
+
+@dataclass
 class APAConfig:
     """APA (Zhu et al. 2023): squared loss pulling log pi_theta to log pi_init + A/lam; critic, whitened GAE."""
 
@@ -246,7 +260,7 @@ class OptimConfig:
 class TrainConfig:
     """`rlcf train`: online RL against a reward."""
 
-    algo: Literal["p3o", "ppo", "rloo", "grpo", "apa", "awr", "ilql"] = "p3o"
+    algo: Literal["p3o", "ppo", "rloo", "grpo", "gspo", "apa", "awr", "ilql"] = "p3o"
     """Algorithm (ilql: offline only)."""
     offline_data: Optional[str] = None
     """APA/AWR/ILQL offline (APA paper, app. D.3): learn from fixed (prompt, response, reward) rows, or from
@@ -290,6 +304,7 @@ class TrainConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     rloo: RLOOConfig = field(default_factory=RLOOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    gspo: GSPOConfig = field(default_factory=GSPOConfig)
     apa: APAConfig = field(default_factory=APAConfig)
     awr: AWRConfig = field(default_factory=AWRConfig)
     ilql: ILQLConfig = field(default_factory=ILQLConfig)

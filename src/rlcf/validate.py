@@ -141,6 +141,7 @@ RULES: dict[type, dict[str, tuple]] = {
                   "eps": _gt(0), "eps_v": _gt(0), "vf_coef": _ge(0)},
     C.RLOOConfig: {"beta": _ge(0), "eps": _gt(0)},
     C.GRPOConfig: {"beta": _ge(0), "eps": _gt(0), "std_eps": _gt(0)},
+    C.GSPOConfig: {"beta": _ge(0), "eps": _gt(0), "eps_high": _gt(0), "std_eps": _gt(0)},
     C.APAConfig: {"beta": _ge(0), "lam": _gt(0), "gamma": _in(0, 1), "gae_lambda": _in(0, 1), "vf_coef": _ge(0)},
     C.AWRConfig: {"inv_lam": _gt(0), "gamma": _in(0, 1), "gae_lambda": _in(0, 1), "vf_coef": _ge(0),
                   "max_weight": _gt(0)},
