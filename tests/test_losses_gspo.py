@@ -11,7 +11,8 @@ from helpers.common import read_metrics
 from test_trainer import mean, tiny_config
 
 from rlcf.config import GSPOConfig
-from rlcf.losses.gspo import gspo_advantages, gspo_loss
+from rlcf.losses.gspo import gspo_loss
+from rlcf.losses.rloo import grpo_advantages
 from rlcf.losses.registry import get_algorithm
 from rlcf.trainer import train
 from rlcf.types import AdvantageInput, LossBatch
@@ -75,15 +76,15 @@ def test_gspo_matches_a_slow_loop(beta):
     assert torch.allclose(g1, g2, atol=1e-13)
 
 
-def test_gspo_advantages_are_group_normalised_and_registered():
+def test_gspo_advantages_are_grpos_group_normalised_ones_and_registered():
     scores = torch.tensor([1.0, 3.0, 2.0, 2.0], dtype=F64)
     z = torch.zeros(4, 3, dtype=F64)
-    out = gspo_advantages(AdvantageInput(scores=scores, logprobs=z, ref_logprobs=z, mask=torch.ones_like(z),
+    out = grpo_advantages(AdvantageInput(scores=scores, logprobs=z, ref_logprobs=z, mask=torch.ones_like(z),
                                          group_size=2, kl_coef=0.0), GSPOConfig())
     std = math.sqrt(2.0)  # unbiased std of (1, 3)
     assert torch.allclose(out["advantages"], torch.tensor([-1 / (std + 1e-4), 1 / (std + 1e-4), 0.0, 0.0], dtype=F64))
     algo = get_algorithm("gspo")
-    assert (algo.loss, algo.advantages, algo.min_group, algo.needs_critic) == (gspo_loss, gspo_advantages, 2, False)
+    assert (algo.loss, algo.advantages, algo.min_group, algo.needs_critic) == (gspo_loss, grpo_advantages, 2, False)
 
 
 def test_gspo_raises_the_reward(tiny_model_dir, tmp_path):

@@ -69,29 +69,18 @@ def coerce(value, tp):
         return _NO if any(o is _NO for o in out) else out
     if tp is bool:
         return value if isinstance(value, bool) else _NO
-    if tp is int:
+    if tp in (int, float):  # bools are not numbers here; a number in a string (YAML's 1e-5) is read as one
         if isinstance(value, bool):
             return _NO
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
         if isinstance(value, str):
             try:
-                return int(value.strip())
+                return tp(value.strip())
             except ValueError:
                 return _NO
-        return _NO
-    if tp is float:
-        if isinstance(value, bool):
-            return _NO
-        if isinstance(value, (int, float)):
+        if tp is float and isinstance(value, (int, float)):
             return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                return _NO
+        if isinstance(value, int) or isinstance(value, float) and value.is_integer():
+            return int(value)
         return _NO
     if tp is str:
         return value if isinstance(value, str) else _NO

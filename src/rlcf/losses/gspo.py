@@ -1,5 +1,6 @@
-"""GSPO, Group Sequence Policy Optimization (Zheng et al. 2025, Qwen): GRPO's group-normalised advantages with
-a sequence-level importance ratio, the geometric mean of the token ratios, clipped per sequence."""
+"""GSPO, Group Sequence Policy Optimization (Zheng et al. 2025, Qwen): GRPO's group-normalised advantages
+(`rloo.grpo_advantages`, the registry's row reuses it) with a sequence-level importance ratio, the geometric
+mean of the token ratios, clipped per sequence."""
 
 from __future__ import annotations
 
@@ -7,18 +8,9 @@ from typing import Any
 
 from torch import Tensor
 
-from rlcf.advantages import clipped_surrogate, group_normalize, masked_mean
+from rlcf.advantages import clipped_surrogate, masked_mean
 from rlcf.kl import kl_estimate, sequence_kl
-from rlcf.types import AdvantageInput, LossBatch
-
-
-def gspo_advantages(inp: AdvantageInput, cfg: Any) -> dict[str, Tensor]:
-    """A_i = (s_i - mean_j s_j) / (std_j s_j + std_eps) within each prompt's group (as GRPO); no KL in the reward."""
-    return {
-        "advantages": group_normalize(inp.scores, inp.group_size, cfg.std_eps),
-        "kl/k1_seq": sequence_kl(inp.logprobs, inp.ref_logprobs, inp.mask, "k1").mean(),
-        "kl/k3_seq": sequence_kl(inp.logprobs, inp.ref_logprobs, inp.mask, "k3").mean(),
-    }
+from rlcf.types import LossBatch
 
 
 def gspo_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from rlcf.losses.apa import apa_advantages, apa_loss
 from rlcf.losses.awr import awr_advantages, awr_loss
-from rlcf.losses.gspo import gspo_advantages, gspo_loss
+from rlcf.losses.gspo import gspo_loss
 from rlcf.losses.p3o import p3o_advantages, p3o_loss
 from rlcf.losses.ppo import ppo_advantages, ppo_loss
 from rlcf.losses.rloo import grpo_advantages, grpo_loss, rloo_advantages, rloo_loss
@@ -50,7 +50,7 @@ ALGORITHMS: dict[str, Algorithm] = {
                   needs_group="RLOO's baseline leaves one out"),
         Algorithm("grpo", grpo_loss, grpo_advantages, False, "k3", False, min_group=2,
                   needs_group="GRPO normalises over the group"),
-        Algorithm("gspo", gspo_loss, gspo_advantages, False, "k3", False, min_group=2,
+        Algorithm("gspo", gspo_loss, grpo_advantages, False, "k3", False, min_group=2,
                   needs_group="GSPO normalises over the group"),
         # APA and AWR: no KL in the reward by default; lam alone controls the distance to pi_init (APA's
         # non-default anchor='old' puts beta's k1 penalty in the reward inside apa_advantages itself)
