@@ -160,7 +160,8 @@ def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
                 if last_saved != step:
                     save_checkpoint(out, step, model, optimizer, accelerator, {"epoch": step // steps_per_epoch,
                                                                               "stage": stage.name})
-                raise stopped(got, step, out / CHECKPOINTS, f"rlcf {stage.name} with the same --output-dir and settings")
+                command = getattr(cfg, "command", f"rlcf {stage.name}")
+                raise stopped(got, step, out / CHECKPOINTS, f"{command} with the same --output-dir and settings")
             t_step = time.perf_counter()
             epoch, k = divmod(step, steps_per_epoch)
             if epoch != plan_epoch:
