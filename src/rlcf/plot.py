@@ -164,17 +164,15 @@ def _algo_and_strength(cfg: dict) -> tuple[str, Optional[str], Optional[float]]:
         if isinstance(cfg.get("model"), str):
             return "rm", None, None
         return ("sft", None, None) if "data" in cfg else ("unknown", None, None)
-    section = cfg.get(algo) or {}
-    label = str(algo)
-    if algo == "ppo":
-        adaptive = isinstance(section, dict) and section.get("kl_target") is not None
-        name, label = ("kl_target", "ppo-adaptive") if adaptive else ("beta", "ppo")
-    else:
-        from .losses.registry import ALGORITHMS
+    from .losses.registry import ALGORITHMS
 
-        name = ALGORITHMS[algo].strength if algo in ALGORITHMS else "beta"  # the registry row says which field
-    if algo == "p3o" and isinstance(section, dict) and section.get("variant"):
-        label = f"p3o-{section['variant']}"
+    section = cfg.get(algo) if isinstance(cfg.get(algo), dict) else {}
+    row = ALGORITHMS.get(algo)  # the registry row says which field is the strength and what names a variant
+    label, name = str(algo), row.strength if row else "beta"
+    if row and row.adaptive_strength and section.get(row.adaptive_strength) is not None:
+        label, name = f"{algo}-adaptive", row.adaptive_strength
+    if row and row.label_field and section.get(row.label_field):
+        label = f"{algo}-{section[row.label_field]}"
     label = f"{label}-offline" if cfg.get("offline_data") else label
     value = _num(section.get(name)) if isinstance(section, dict) else None
     return label, (name if value is not None else None), value

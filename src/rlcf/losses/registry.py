@@ -31,6 +31,11 @@ class Algorithm:
     """True: beta follows the adaptive controller (cfg.kl_target); False: fixed beta."""
     strength: str = "beta"
     """The config field that sets how far the policy may move from the reference (plots and frontiers)."""
+    adaptive_strength: str | None = None
+    """With adaptive_kl: the field that, when set, replaces `strength` (a KL target); the run is then labelled
+    NAME-adaptive."""
+    label_field: str | None = None
+    """A config field whose value names the run's variant in plots (NAME-VALUE, e.g. p3o-v1)."""
     offline: bool = False
     """Also learns from fixed (prompt, response, reward) rows (--offline-data)."""
     min_group: int = 1
@@ -42,10 +47,9 @@ class Algorithm:
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in (
-        Algorithm("p3o", p3o_loss, p3o_advantages, False, "k1", False, min_group=2,
+        Algorithm("p3o", p3o_loss, p3o_advantages, False, "k1", False, min_group=2, label_field="variant",
                   needs_group="P3O compares the responses of a prompt in pairs"),
-        # PPO's strength is kl_target when set (adaptive), else its fixed beta: see plot.py
-        Algorithm("ppo", ppo_loss, ppo_advantages, True, "k1", True),
+        Algorithm("ppo", ppo_loss, ppo_advantages, True, "k1", True, adaptive_strength="kl_target"),
         Algorithm("rloo", rloo_loss, rloo_advantages, False, "k1", False, min_group=2,
                   needs_group="RLOO's baseline leaves one out"),
         Algorithm("grpo", grpo_loss, grpo_advantages, False, "k3", False, min_group=2,
