@@ -88,10 +88,12 @@ def sample_from_logits(logits: Tensor, temperature: float) -> Tensor:
 
 @torch.no_grad()
 def decode(model, query_ids: Tensor, query_mask: Tensor, sampling: RolloutConfig, pad_id: int,
-           eos_ids: set[int]) -> Tensor:
-    """Sampling with the model's KV cache and `sample_from_logits` (temperature only; HFBackend uses generate() for
-    top-k/top-p): samples from the same distribution as generate(do_sample=True), without its per-step overheads.
-    Position ids follow the attention mask; a finished row gets pad_id after its EOS. Returns [B, T] new tokens."""
+           eos_ids: set[int], warpers=()) -> Tensor:
+    """Sampling with the model's KV cache and `sample_from_logits`: samples from the same distribution as
+    generate(do_sample=True), without its per-step overheads. `warpers` (transformers' logits warpers, e.g.
+    top-k, top-p) act on the temperature-scaled logits, in transformers' order, and the token is then drawn as
+    generate() draws it (ILQL's decoding wrapper uses this; HFBackend itself uses generate() for top-k/top-p). Position ids follow the attention mask; a finished row gets pad_id after its EOS.
+    Returns [B, T] new tokens."""
     B = query_ids.shape[0]
     eos = torch.tensor(sorted(eos_ids), device=query_ids.device)
     attention_mask = query_mask.clone()
@@ -102,7 +104,13 @@ def decode(model, query_ids: Tensor, query_mask: Tensor, sampling: RolloutConfig
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
-        nxt = sample_from_logits(out.logits[:, -1], sampling.temperature)
+        if warpers:  # drawn as generate() draws, so the same seed gives the same tokens
+            scores = out.logits[:, -1].float() / sampling.temperature
+            for w in warpers:
+                scores = w(input_ids, scores)
+            nxt = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
+        else:
+            nxt = sample_from_logits(out.logits[:, -1], sampling.temperature)
         nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
         tokens.append(nxt)
         finished |= torch.isin(nxt, eos)

@@ -25,10 +25,12 @@ import json
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
 
+from .generation import decode
 from .losses.ilql import ilql_decode_logits, polyak_update
 from .models import DTYPES, ModelError, decoder_layers, final_norm, sequence_inputs
 
@@ -261,39 +263,15 @@ class ILQLDecoding(nn.Module):
         eos = gen.eos_token_id
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         pad = gen.pad_token_id if gen.pad_token_id is not None else (eos[0] if eos else 0)
-        warpers = []
-        if do_sample and top_k:
-            warpers.append(TopKLogitsWarper(int(top_k)))
-        if do_sample and top_p is not None and top_p < 1.0:
-            warpers.append(TopPLogitsWarper(float(top_p)))
-        B, device = input_ids.shape[0], input_ids.device
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.clone()
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        eos_t = torch.tensor(eos, dtype=torch.long, device=device)
-        cur, cache, tokens = input_ids, None, []
-        finished = torch.zeros(B, dtype=torch.bool, device=device)
-        for _ in range(int(max_new_tokens)):
-            out = self(input_ids=cur, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                       use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
-            scores = out.logits[:, -1].float()
-            if do_sample:
-                if temperature != 1.0:
-                    scores = scores / temperature
-                for w in warpers:
-                    scores = w(input_ids, scores)
-                nxt = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
-            else:
-                nxt = scores.argmax(-1)
-            nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
-            tokens.append(nxt)
-            finished |= torch.isin(nxt, eos_t)
-            if bool(finished.all()):
-                break
-            cur = nxt[:, None]
-            position_ids = position_ids[:, -1:] + 1
-            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-        return torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1)
+        if not do_sample:  # greedy: only the top token survives
+            warpers = [TopKLogitsWarper(1)]
+        else:
+            warpers = ([TopKLogitsWarper(int(top_k))] if top_k else []) + (
+                [TopPLogitsWarper(float(top_p))] if top_p is not None and top_p < 1.0 else [])
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        sampling = SimpleNamespace(max_new_tokens=int(max_new_tokens), temperature=temperature if do_sample else 1.0)
+        tokens = decode(self, input_ids, mask, sampling, pad, set(eos), warpers)
+        return torch.cat([input_ids, tokens], dim=1)
 
 
 def _read_meta(folder: str) -> dict:
