@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .generation import decode
 from .losses.ilql import ilql_decode_logits, polyak_update
-from .models import DTYPES, ModelError, decoder_layers, final_norm, sequence_inputs
+from .models import DTYPES, ModelError, sequence_inputs, train_top_blocks
 
 HEADS_FILE = "ilql_heads.safetensors"
 META_FILE = "ilql.json"
@@ -110,20 +110,7 @@ class ILQLModel(nn.Module):
         self.heads = ILQLHeads(hidden, vocab, two_qs)
         self.trainable_blocks = trainable_blocks
         if trainable_blocks is not None:
-            layers = decoder_layers(lm)
-            if not 1 <= trainable_blocks <= len(layers):
-                raise ValueError(f"trainable_blocks={trainable_blocks}: must be between 1 and {len(layers)} for this "
-                                 "model (or None to train all of it)")
-            for p in lm.parameters():
-                p.requires_grad_(False)
-            trainable = list(layers[len(layers) - trainable_blocks :]) + [final_norm(lm)]
-            head = lm.get_output_embeddings()
-            embed = lm.get_input_embeddings()
-            if embed is None or head.weight is not getattr(embed, "weight", None):
-                trainable.append(head)
-            for m in trainable:
-                for p in m.parameters():
-                    p.requires_grad_(True)
+            train_top_blocks(lm, trainable_blocks, lm_head=True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -249,6 +249,41 @@ def final_norm(model: nn.Module) -> nn.Module:
     return getattr(base, name)
 
 
+def train_top_blocks(model: nn.Module, n: int, lm_head: bool = False) -> nn.Module:
+    """Freeze `model` except its top n transformer blocks and its final norm (the seeds' top-blocks mode), and
+    with lm_head=True also its LM head unless that is tied to the input embeddings (training a tied head would
+    train the embeddings, and the backward pass would run through the whole frozen trunk). Returns `model`."""
+    layers = decoder_layers(model)
+    if not 1 <= n <= len(layers):
+        raise ValueError(f"model.trainable_blocks={n}: must be between 1 and {len(layers)} for this model")
+    model.requires_grad_(False)
+    trainable = list(layers[len(layers) - n :]) + [final_norm(model)]
+    if lm_head:
+        head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+        if embed is None or head.weight is not getattr(embed, "weight", None):
+            trainable.append(head)
+    for module in trainable:
+        module.requires_grad_(True)
+    return model
+
+
+def select_trainable(policy: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """What of the policy trains, by model.reference: copy = every weight; top_blocks = the top
+    model.trainable_blocks blocks and the final norm; lora = a peft LoRA adapter (returns the wrapped model)."""
+    if cfg.reference == "copy":
+        return policy
+    if cfg.reference == "top_blocks":
+        return train_top_blocks(policy, cfg.trainable_blocks)
+    if cfg.reference == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = cfg.lora_target_modules
+        return get_peft_model(policy, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]))
+    raise ValueError(f"model.reference={cfg.reference!r}: choose copy, top_blocks or lora")
+
+
 class ValueHead(nn.Module):
     """The seeds' critic head: hidden -> 2*hidden -> 1."""
 
@@ -418,33 +453,11 @@ class PolicyModels(nn.Module):
         self.ref_norm = None
         if cfg.reference == "copy":
             self.reference = _freeze(copy.deepcopy(policy))
-        elif cfg.reference == "top_blocks":
+        policy = select_trainable(policy, cfg)
+        if cfg.reference == "top_blocks":  # the reference: frozen copies of just the trained blocks and norm
             layers = decoder_layers(policy)
-            n = cfg.trainable_blocks
-            if not 1 <= n <= len(layers):
-                raise ValueError(f"model.trainable_blocks={n}: must be between 1 and {len(layers)} for this model")
-            _freeze(policy)
-            policy.train()
-            trainable = list(layers[len(layers) - n :]) + [final_norm(policy)]
-            for m in trainable:
-                for p in m.parameters():
-                    p.requires_grad_(True)
-            self.ref_blocks = _freeze(copy.deepcopy(nn.ModuleList(layers[len(layers) - n :])))
+            self.ref_blocks = _freeze(copy.deepcopy(nn.ModuleList(layers[len(layers) - cfg.trainable_blocks :])))
             self.ref_norm = _freeze(copy.deepcopy(final_norm(policy)))
-        elif cfg.reference == "lora":
-            from peft import LoraConfig, get_peft_model
-
-            targets = cfg.lora_target_modules
-            lora = LoraConfig(
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-                task_type="CAUSAL_LM",
-            )
-            policy = get_peft_model(policy, lora)
-        else:
-            raise ValueError(f"model.reference={cfg.reference!r}: choose copy, top_blocks or lora")
         self.policy = policy
         self.critic = None
         self.value_head = None

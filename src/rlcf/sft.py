@@ -19,10 +19,10 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from .config import ModelConfig, SFTConfig
+from .config import SFTConfig
 from .data import DataError, check_length, left_pad, load_records, load_rows, parse_columns
 from .losses import sft_loss
-from .models import response_logprobs
+from .models import response_logprobs, select_trainable
 from .stages import Stage, claim_run, encode_prompt, encode_response, right_pad, run_stage, use_chat_template
 from .validate import validate
 
@@ -45,7 +45,7 @@ def run_sft(cfg: SFTConfig) -> Path:
     rows = load_sft_rows(cfg, tokenizer)
     run = claim_run(cfg)  # may the output folder be started or resumed? (before the model loads)
     lm = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
-    lm = select_trainable(lm, cfg.model)
+    lm = select_trainable(lm, cfg.model)  # what trains: models.py's reference modes
 
     def save(folder: Path) -> None:
         final = lm.merge_and_unload() if cfg.model.reference == "lora" else lm
@@ -97,31 +97,6 @@ def load_sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
         check_length(len(prompt_ids) + len(completion_ids), cfg.max_length, where)
         out.append({"prompt_ids": prompt_ids, "completion_ids": completion_ids})
     return out
-
-
-def select_trainable(lm: nn.Module, mcfg: ModelConfig) -> nn.Module:
-    """copy: train every weight; top_blocks: only the top N blocks and the final norm; lora: a LoRA adapter."""
-    from .models import decoder_layers, final_norm
-
-    if mcfg.reference == "copy":
-        return lm
-    if mcfg.reference == "top_blocks":
-        layers = decoder_layers(lm)
-        n = mcfg.trainable_blocks
-        if not 1 <= n <= len(layers):
-            raise ValueError(f"model.trainable_blocks={n}: must be between 1 and {len(layers)} for this model")
-        lm.requires_grad_(False)
-        for module in list(layers[len(layers) - n :]) + [final_norm(lm)]:
-            module.requires_grad_(True)
-        return lm
-    if mcfg.reference == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        targets = mcfg.lora_target_modules
-        return get_peft_model(lm, LoraConfig(
-            r=mcfg.lora_r, lora_alpha=mcfg.lora_alpha, lora_dropout=mcfg.lora_dropout, task_type="CAUSAL_LM",
-            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]))
-    raise ValueError(f"model.reference={mcfg.reference!r}: choose copy, top_blocks or lora")
 
 
 def sft_collate(rows: list[dict], pad_id: int) -> dict[str, Tensor]:
