@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from rlcf.config import DPOStageConfig, PipelineConfig
+from rlcf.cli import preset
+from rlcf.config import DataConfig, DPOStageConfig
 from rlcf.evaluate import run_eval, wilson_interval
 from rlcf.label import run_label
 from rlcf.offline import run_dpo
@@ -173,7 +174,8 @@ def main(argv=None) -> int:
             f.write(json.dumps({"command": command, "started": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
 
     # 1. shared pairs and reward model: the main job's label and rm stages
-    base = PipelineConfig(output_dir=args.shared or str(out / "shared"))
+    base = preset("pipeline")  # the main job's settings (rlcf/presets/pipeline.yaml)
+    base.output_dir = args.shared or str(out / "shared")
     base.train.model.name_or_path = args.model
     base.train.model.reference, base.train.model.trainable_blocks = "top_blocks", args.trainable_blocks
     base.train.optim.lr = args.lr
@@ -198,8 +200,8 @@ def main(argv=None) -> int:
                     continue
                 t0 = time.perf_counter()
                 if algo == "dpo":
-                    cfg = DPOStageConfig(data=base.label.output, beta=strength, seed=seed, output_dir=str(run_dir),
-                                         progress=False, eval_fraction=0.0)
+                    cfg = DPOStageConfig(data=DataConfig(path=base.label.output, eval_fraction=0.0), beta=strength,
+                                         seed=seed, output_dir=str(run_dir), progress=False)
                     cfg.model = copy.deepcopy(base.train.model)
                     cfg.optim.lr = args.dpo_lr
                     final = run_dpo(cfg)

@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from rlcf.config import PipelineConfig, TrainConfig
+from rlcf.cli import preset
+from rlcf.config import TrainConfig
 from rlcf.evaluate import run_eval
 from rlcf.trainer import train
 
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     pairs.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in lines))
     rows = 2 * len(lines)
 
-    preset = PipelineConfig()
+    main_job = preset("pipeline")
     results = {}
     for method in args.methods:
         run_dir = out / method
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
                 cfg.rollout.prompts_per_step, cfg.optim.epochs = 16, 1
                 cfg.apa.lam, cfg.awr.inv_lam = 1.0, 1.0
             final = train(cfg)
-            ev = copy.deepcopy(preset.eval)
+            ev = copy.deepcopy(main_job.eval)
             ev.model, ev.reference, ev.output = str(final), "embedded", str(run_dir / "eval.json")
             ev.max_prompts, ev.rollout.max_new_tokens = args.eval_prompts, 40
             run_eval(ev)

@@ -97,7 +97,7 @@ def test_records_name_the_mapped_column_and_the_row(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d.csv").write_text('prompt,answer\n"a, b",x\nc,\n')
     with pytest.raises(DataError, match=r"^d\.csv: no column 'question' \(for prompt\) \(found: prompt, answer\); "
-                                        r"rename it or map it with --columns prompt=YOUR_COLUMN$"):
+                                        r"rename it or map it with --data\.columns prompt=YOUR_COLUMN$"):
         load_records("d.csv", text=("prompt", "completion"), columns="prompt=question,completion=answer")
     with pytest.raises(DataError, match=r"^d\.csv, row 2, field 'answer': expected a string, got NoneType"):
         load_records("d.csv", text=("prompt", "completion"), columns="completion=answer")

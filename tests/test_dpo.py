@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from rlcf.config import DPOStageConfig
+from rlcf.config import DataConfig, DPOStageConfig
 from rlcf.data import DataError
 from rlcf.offline import dpo_collate, load_dpo_rows, run_dpo
 from helpers.common import override, read_metrics, write_jsonl
@@ -27,7 +27,7 @@ def pairs(n: int, seed: int) -> list[dict]:
 
 
 def dpo_config(model_dir, data, out, **over) -> DPOStageConfig:
-    cfg = DPOStageConfig(data=data, output_dir=str(out), progress=False, eval_fraction=0.25, save_every=0)
+    cfg = DPOStageConfig(data=DataConfig(path=data, eval_fraction=0.25), output_dir=str(out), progress=False, save_every=0)
     cfg.model.name_or_path = model_dir
     cfg.optim.lr, cfg.optim.epochs, cfg.optim.minibatch_prompts = 3e-3, 2, 8
     return override(cfg, **over)
@@ -107,7 +107,7 @@ def test_sequences_are_built_as_the_rollout_builds_them(tiny_model_dir, tmp_path
 
 @pytest.mark.parametrize("rows,columns,max_length,message", [
     ([{"question": "a", "chosen": "b", "rejected": "c"}], "", 512,
-     r"p\.jsonl: no column 'prompt' \(found: question, chosen, rejected\); .*--columns prompt=YOUR_COLUMN"),
+     r"p\.jsonl: no column 'prompt' \(found: question, chosen, rejected\); .*--data\.columns prompt=YOUR_COLUMN"),
     ([{"question": "a", "good": "b", "bad": "c"}, {"question": "a", "good": "", "bad": "c"}],
      "prompt=question,chosen=good,rejected=bad", 512, r"p\.jsonl, row 2, field 'good': empty text"),
     ([{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b", "rejected": "the cat " * 30}],
@@ -116,7 +116,7 @@ def test_sequences_are_built_as_the_rollout_builds_them(tiny_model_dir, tmp_path
 def test_bad_pairs_are_named(tiny_model_dir, tmp_path, rows, columns, max_length, message):
     data = write_jsonl(tmp_path / "p.jsonl", rows)
     with pytest.raises(DataError, match=message):
-        run_dpo(dpo_config(tiny_model_dir, data, tmp_path / "out", columns=columns, max_length=max_length))
+        run_dpo(dpo_config(tiny_model_dir, data, tmp_path / "out", **{"data.columns": columns, "data.max_length": max_length}))
 
 
 def test_cli_dpo_from_yaml_with_override(tiny_model_dir, tmp_path, capsys):
@@ -124,7 +124,7 @@ def test_cli_dpo_from_yaml_with_override(tiny_model_dir, tmp_path, capsys):
 
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs(16, seed=0))
     out = tmp_path / "dpo"
-    config = {"data": data, "output_dir": str(out), "progress": False, "eval_fraction": 0.25, "beta": 0.5,
+    config = {"data": {"path": data, "eval_fraction": 0.25}, "output_dir": str(out), "progress": False, "beta": 0.5,
               "model": {"name_or_path": tiny_model_dir}, "optim": {"lr": 3e-3, "epochs": 1, "minibatch_prompts": 4}}
     path = tmp_path / "dpo.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -136,5 +136,5 @@ def test_cli_dpo_from_yaml_with_override(tiny_model_dir, tmp_path, capsys):
     assert (out / "final" / "model.safetensors").exists()
     assert (out / "checkpoints" / "step_000003").exists()
     # a missing data file is a clean error (exit 2), not a traceback
-    assert main(["dpo", "--config", str(path), "--data", str(tmp_path / "nope.jsonl")]) == 2
+    assert main(["dpo", "--config", str(path), "--data.path", str(tmp_path / "nope.jsonl")]) == 2
     assert "nope.jsonl: no such file" in capsys.readouterr().err

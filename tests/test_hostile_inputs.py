@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from rlcf.cli import main
-from rlcf.config import DPOStageConfig, TrainConfig, to_dict
+from rlcf.config import DataConfig, DPOStageConfig, TrainConfig, to_dict
 
 TESTS = Path(__file__).parent
 
@@ -74,18 +74,18 @@ CASES = {
                               ["earlier", "p3o.beta: 0.1 -> 0.2", "--overwrite", "--force-resume"]),
     "resume-off-into-a-run": ("train", TRAIN + ["--output-dir", "{tmp}/earlier", "--p3o.beta", "0.1",
                                                 "--no-resume"], ["earlier", "--resume is off", "--overwrite"]),
-    "dpo-resume-other-settings": ("dpo", ["--data", "{pairs}", "--model.name-or-path", "{model}", "--output-dir",
+    "dpo-resume-other-settings": ("dpo", ["--data.path", "{pairs}", "--model.name-or-path", "{model}", "--output-dir",
                                           "{tmp}/earlier-dpo", "--beta", "0.3"], ["beta: 0.1 -> 0.3"]),
     # supervised stages
-    "sft-no-data": ("sft", ["--model.name-or-path", "{model}", "--output-dir", "{out}"], ["needs --data"]),
-    "sft-eval-fraction-1": ("sft", ["--data", "{pairs}", "--eval-fraction", "1", "--output-dir", "{out}"],
-                            ["--eval-fraction=1.0", "[0, 1)"]),
-    "sft-max-length-0": ("sft", ["--data", "{pairs}", "--max-length", "0", "--output-dir", "{out}"],
-                         ["--max-length=0"]),
-    "rm-num-layers-0": ("rm", ["--data", "{pairs}", "--num-layers", "0", "--output-dir", "{out}"],
+    "sft-no-data": ("sft", ["--model.name-or-path", "{model}", "--output-dir", "{out}"], ["--data.path"]),
+    "sft-eval-fraction-1": ("sft", ["--data.path", "{pairs}", "--data.eval-fraction", "1", "--output-dir", "{out}"],
+                            ["--data.eval-fraction=1.0", "[0, 1)"]),
+    "sft-max-length-0": ("sft", ["--data.path", "{pairs}", "--data.max-length", "0", "--output-dir", "{out}"],
+                         ["--data.max-length=0"]),
+    "rm-num-layers-0": ("rm", ["--data.path", "{pairs}", "--num-layers", "0", "--output-dir", "{out}"],
                         ["--num-layers=0"]),
-    "rm-lr-0": ("rm", ["--data", "{pairs}", "--optim.lr", "0", "--output-dir", "{out}"], ["--optim.lr=0.0"]),
-    "dpo-beta-0": ("dpo", ["--data", "{pairs}", "--beta", "0", "--output-dir", "{out}"], ["--beta=0.0"]),
+    "rm-lr-0": ("rm", ["--data.path", "{pairs}", "--optim.lr", "0", "--output-dir", "{out}"], ["--optim.lr=0.0"]),
+    "dpo-beta-0": ("dpo", ["--data.path", "{pairs}", "--beta", "0", "--output-dir", "{out}"], ["--beta=0.0"]),
     # label, eval, plot, pipeline
     "label-k1": ("label", ["--rollout.group-size", "1", "--output", "{out}/pairs.jsonl"],
                  ["--rollout.group-size=1", "pairs"]),
@@ -104,17 +104,17 @@ CASES = {
     "plot-missing-run": ("plot", ["--runs", "{tmp}/nope", "--output-dir", "{out}"], ["nope", "does not exist"]),
     "pipeline-k1": ("pipeline", ["--train.rollout.group-size", "1", "--output-dir", "{out}"],
                     ["--train.rollout.group-size=1", "p3o"]),
-    "pipeline-rm-eval-fraction": ("pipeline", ["--rm.eval-fraction", "1.5", "--output-dir", "{out}"],
-                                  ["--rm.eval-fraction=1.5"]),
+    "pipeline-rm-eval-fraction": ("pipeline", ["--rm.data.eval-fraction", "1.5", "--output-dir", "{out}"],
+                                  ["--rm.data.eval-fraction=1.5"]),
     # data files and model folders (more in test_bad_inputs_data_models.py)
     "prompts-empty-file": ("train", TRAIN + ["--prompts", "{tmp}/empty.jsonl"], ["empty.jsonl", "empty"]),
     "prompts-bad-json-line": ("train", TRAIN + ["--prompts", "{tmp}/badline.jsonl"],
                               ["badline.jsonl, line 2", "not valid JSON"]),
     "prompts-missing-file": ("train", TRAIN + ["--prompts", "{tmp}/data/prompts.jsonl"], ["prompts.jsonl", "no such file"]),
     "prompts-csv-unquoted-comma": ("train", TRAIN + ["--prompts", "{tmp}/comma.csv"], ["comma.csv, line 3", "fields"]),
-    "sft-data-missing-file": ("sft", ["--data", "{tmp}/nope.jsonl", "--model.name-or-path", "{model}",
+    "sft-data-missing-file": ("sft", ["--data.path", "{tmp}/nope.jsonl", "--model.name-or-path", "{model}",
                                       "--output-dir", "{out}"], ["nope.jsonl", "no such file"]),
-    "rm-pairs-missing-column": ("rm", ["--data", "{prompts}", "--model", "{model}", "--output-dir", "{out}"],
+    "rm-pairs-missing-column": ("rm", ["--data.path", "{prompts}", "--model", "{model}", "--output-dir", "{out}"],
                                 ["prompts.jsonl", "chosen"]),
     "policy-folder-missing": ("train", TRAIN + ["--model.name-or-path", "{tmp}/no-such-model"],
                               ["no-such-model", "does not exist"]),
@@ -165,7 +165,7 @@ def world(tmp_path_factory, tiny_model_dir):
     earlier.model.name_or_path, earlier.steps, earlier.p3o.beta = tiny_model_dir, 1, 0.1
     earlier.rollout.max_new_tokens, earlier.reward.function, earlier.prompts = 4, "helpers.vowel_reward:reward", prompts
     _earlier_run(tmp / "earlier", earlier)
-    dpo = DPOStageConfig(data=pairs, output_dir=str(tmp / "earlier-dpo"), beta=0.1)
+    dpo = DPOStageConfig(data=DataConfig(path=pairs), output_dir=str(tmp / "earlier-dpo"), beta=0.1)
     dpo.model.name_or_path = tiny_model_dir
     _earlier_run(tmp / "earlier-dpo", dpo)
     return {"tmp": str(tmp), "model": tiny_model_dir, "prompts": prompts, "pairs": pairs}

@@ -110,15 +110,15 @@ def test_label_cli_and_bad_judge(tiny_model_dir, prompts_file, tmp_path, capsys)
 
 def test_label_with_a_reward_model_judge(tiny_model_dir, prompts_file, tmp_path):
     """--judge-model: the pairs are judged by an HF reward model; its stored scores are its own scores."""
-    from rlcf.config import RMConfig
+    from rlcf.config import PairDataConfig, RMConfig
     from rlcf.rewards import RewardSource
     from rlcf.rm import run_rm
 
     pairs = [{"prompt": "say something", "chosen": "aeiou aeiou", "rejected": "rhythm myth"}] * 8
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    rm = run_rm(RMConfig(model=tiny_model_dir, data=str(data), output_dir=str(tmp_path / "rm"), eval_fraction=0.0,
-                         progress=False, save_every=0))
+    rm = run_rm(RMConfig(model=tiny_model_dir, data=PairDataConfig(path=str(data), eval_fraction=0.0),
+                         output_dir=str(tmp_path / "rm"), progress=False, save_every=0))
     cfg = label_config(tiny_model_dir, prompts_file, tmp_path / "labelled.jsonl", judge=None, judge_model=str(rm),
                        drop_ties=False)
     rows = [json.loads(line) for line in run_label(cfg).read_text().splitlines()]

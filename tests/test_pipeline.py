@@ -19,7 +19,7 @@ def pipeline_yaml(tmp_path, model_dir, prompts_file, steps=30) -> Path:
         "output_dir": str(tmp_path / "run"),
         "label": {"prompts": prompts_file, "judge": "helpers.vowel_reward:reward", "max_prompts": None,
                   "rollout": {"max_new_tokens": 8}},
-        "rm": {"model": model_dir, "num_layers": None, "eval_fraction": 0.25, "progress": False,
+        "rm": {"model": model_dir, "num_layers": None, "data": {"eval_fraction": 0.25}, "progress": False,
                "optim": {"lr": 3e-3, "epochs": 4, "minibatch_prompts": 4}},
         # the full-copy reference: the main job's top-blocks mode trains 2 of the tiny model's 3 blocks, too
         # little to learn the vowel task in 30 steps (top-blocks learning has its own tests in test_fast_paths)

@@ -173,7 +173,7 @@ def test_supervised_stage_skips_a_nonfinite_step_and_stops_on_a_signal(tiny_mode
     monkeypatch.setattr(sft, "sft_loss", poisoned)
     data = write_jsonl(tmp_path / "sft.jsonl", mapping_rows())
     out = tmp_path / "sft"
-    cfg = sft_config(tiny_model_dir, data, out, **{"eval_fraction": 0.0, "optim.minibatch_prompts": 100,
+    cfg = sft_config(tiny_model_dir, data, out, **{"data.eval_fraction": 0.0, "optim.minibatch_prompts": 100,
                                                    "optim.epochs": 3})  # one step an epoch
     with pytest.raises(RunStopped, match="after step 2"):
         sft.run_sft(cfg)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from rlcf.config import RMConfig
+from rlcf.config import PairDataConfig, RMConfig
 from rlcf.data import DataError
 from rlcf.rm import load_rm_model, load_rm_rows, load_rm_tokenizer, rm_batch_loss, rm_collate, run_rm
 from helpers.common import override, read_metrics, write_jsonl
@@ -30,7 +30,8 @@ def pairs(n: int, seed: int) -> list[dict]:
 
 
 def rm_config(model_dir, data, out, **over) -> RMConfig:
-    cfg = RMConfig(model=model_dir, data=data, output_dir=str(out), progress=False, eval_fraction=0.25, save_every=0)
+    cfg = RMConfig(model=model_dir, data=PairDataConfig(path=data, eval_fraction=0.25), output_dir=str(out), progress=False,
+                   save_every=0)
     cfg.optim.lr, cfg.optim.epochs, cfg.optim.minibatch_prompts = 3e-3, 4, 8
     return override(cfg, **over)
 
@@ -112,7 +113,7 @@ def test_pairs_of_one_prompt_share_a_row_and_each_text_is_scored_once(tiny_model
     assert float(m["reward/accuracy"]) == pytest.approx(float((gaps > 0).float().mean()))
 
     # held out: one of the two prompts (eval_fraction 0.5), counted as its number of pairs
-    cfg.eval_fraction, cfg.optim.epochs = 0.5, 1
+    cfg.data.eval_fraction, cfg.optim.epochs = 0.5, 1
     run_rm(cfg)
     _, held = split_rows(2, 0.5, cfg.seed)
     first = read_metrics(tmp_path / "out")[0]
@@ -167,7 +168,8 @@ def test_margin_column_and_column_mapping(tiny_model_dir, tmp_path):
     rows = [{"q": p["prompt"], "good": p["chosen"], "bad": p["rejected"], "gap": float(i)}
             for i, p in enumerate(pairs(4, seed=0))]
     data = write_jsonl(tmp_path / "m.jsonl", rows)
-    cfg = rm_config(tiny_model_dir, data, tmp_path, columns="prompt=q,chosen=good,rejected=bad", margin_column="gap")
+    cfg = rm_config(tiny_model_dir, data, tmp_path, **{"data.columns": "prompt=q,chosen=good,rejected=bad",
+                                                  "data.margin_column": "gap"})
     tok = load_rm_tokenizer(tiny_model_dir)
     encoded = load_rm_rows(cfg, tok)
     assert [r["margin"] for r in encoded] == [[0.0], [1.0], [2.0], [3.0]]
@@ -207,7 +209,7 @@ def test_num_layers_truncates_decoders_and_encoders(tiny_model_dir, tmp_path):
 def test_bad_pairs_are_named(tiny_model_dir, tmp_path, rows, max_length, message):
     data = write_jsonl(tmp_path / "p.jsonl", rows)
     with pytest.raises(DataError, match=message):
-        run_rm(rm_config(tiny_model_dir, data, tmp_path / "out", max_length=max_length))
+        run_rm(rm_config(tiny_model_dir, data, tmp_path / "out", **{"data.max_length": max_length}))
 
 
 def test_cli_rm_then_train_with_the_reward_model(tiny_model_dir, tmp_path, capsys):
@@ -219,9 +221,9 @@ def test_cli_rm_then_train_with_the_reward_model(tiny_model_dir, tmp_path, capsy
               "optim": {"lr": 3e-3, "epochs": 1, "minibatch_prompts": 8}}
     path = tmp_path / "rm.yaml"
     path.write_text(yaml.safe_dump(config))
-    assert main(["rm", "--config", str(path), "--eval-fraction", "0.25"]) == 0
+    assert main(["rm", "--config", str(path), "--data.eval-fraction", "0.25"]) == 0
     assert "AutoModelForSequenceClassification" in capsys.readouterr().out
-    assert yaml.safe_load((out / "config.yaml").read_text())["eval_fraction"] == 0.25
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["eval_fraction"] == 0.25
     assert [r["step"] for r in read_metrics(out)] == [0, 1, 2]  # 12 training pairs / 8
     assert (out / "final" / "model.safetensors").exists()
     # the folder is a reward for online training as it is

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from rlcf.config import SFTConfig
+from rlcf.config import DataConfig, SFTConfig
 from rlcf.data import DataError
 from rlcf.sft import load_sft_rows, run_sft, sft_batch_loss, sft_collate
 from helpers.common import override, read_metrics, write_jsonl
@@ -24,7 +24,7 @@ def mapping_rows() -> list[dict]:
 
 
 def sft_config(model_dir, data, out, **over) -> SFTConfig:
-    cfg = SFTConfig(data=data, output_dir=str(out), progress=False, eval_fraction=0.25, save_every=0)
+    cfg = SFTConfig(data=DataConfig(path=data, eval_fraction=0.25), output_dir=str(out), progress=False, save_every=0)
     cfg.model.name_or_path = model_dir
     cfg.optim.lr, cfg.optim.epochs, cfg.optim.minibatch_prompts = 1e-2, 2, 4
     return override(cfg, **over)
@@ -108,7 +108,7 @@ def test_messages_rows_train_on_the_last_assistant_turn(tiny_model_dir, tmp_path
     ([{"prompt": "a", "completion": "b"}, {"prompt": 7, "completion": "b"}], "", 512,
      r"d\.jsonl, row 2, field 'prompt': expected a string, got int"),
     ([{"prompt": "a", "completion": "b"}, {"prompt": "a", "completion": "the cat sat " * 20}], "", 40,
-     r"d\.jsonl, row 2, fields 'prompt' \+ 'completion': \d+ tokens, over the limit of 40; .*--max-length"),
+     r"d\.jsonl, row 2, fields 'prompt' \+ 'completion': \d+ tokens, over the limit of 40; .*--data\.max-length"),
     ([{"q": "a", "answer": "b"}, {"q": "a", "answer": ""}], "prompt=q,completion=answer", 512,
      r"d\.jsonl, row 2, field 'answer': empty text"),
     ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
@@ -117,7 +117,7 @@ def test_messages_rows_train_on_the_last_assistant_turn(tiny_model_dir, tmp_path
 ])
 def test_bad_rows_are_named(tiny_model_dir, tmp_path, rows, columns, max_length, message):
     data = write_jsonl(tmp_path / "d.jsonl", rows)
-    cfg = sft_config(tiny_model_dir, data, tmp_path / "out", columns=columns, max_length=max_length)
+    cfg = sft_config(tiny_model_dir, data, tmp_path / "out", **{"data.columns": columns, "data.max_length": max_length})
     with pytest.raises(DataError, match=message):
         run_sft(cfg)
     assert not (tmp_path / "out" / "final").exists()
@@ -129,7 +129,7 @@ def test_column_mapping(tiny_model_dir, tmp_path):
     rows = [{"question": r["prompt"], "answer": r["completion"]} for r in mapping_rows()]
     data = write_jsonl(tmp_path / "qa.jsonl", rows)
     tok = load_tokenizer(tiny_model_dir)
-    mapped = load_sft_rows(sft_config(tiny_model_dir, data, tmp_path, columns="prompt=question,completion=answer"), tok)
+    mapped = load_sft_rows(sft_config(tiny_model_dir, data, tmp_path, **{"data.columns": "prompt=question,completion=answer"}), tok)
     plain = load_sft_rows(sft_config(tiny_model_dir, write_jsonl(tmp_path / "pc.jsonl", mapping_rows()), tmp_path), tok)
     assert mapped == plain
 
@@ -170,7 +170,7 @@ def test_cli_sft_from_yaml_with_override_and_resume(tiny_model_dir, tmp_path, ca
 
     data = write_jsonl(tmp_path / "sft.jsonl", mapping_rows())
     out = tmp_path / "run"
-    config = {"data": data, "output_dir": str(out), "progress": False, "eval_fraction": 0.25, "save_every": 2,
+    config = {"data": {"path": data, "eval_fraction": 0.25}, "output_dir": str(out), "progress": False, "save_every": 2,
               "model": {"name_or_path": tiny_model_dir}, "optim": {"lr": 3e-3, "epochs": 1, "minibatch_prompts": 4}}
     path = tmp_path / "sft.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -50,9 +50,25 @@ def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     return path, rest
 
 
-def load_config(cls, path: str | None):
-    if path is None:
+PRESETS = {"pipeline": "pipeline.yaml"}
+"""Commands whose defaults are a YAML preset in rlcf/presets/ (the main job's values live only there)."""
+
+
+def preset(command: str):
+    """The config `rlcf COMMAND` starts from: its preset from rlcf/presets/, else the dataclass defaults."""
+    from importlib.resources import files
+
+    cls = COMMANDS[command][0]
+    if command not in PRESETS:
         return cls()
+    return load_config(cls, str(files("rlcf.presets").joinpath(PRESETS[command])))
+
+
+def load_config(cls, path: str | None, base=None):
+    """`cls` from a YAML file, on top of `base` (default: the dataclass defaults): fields the file leaves out keep
+    base's values."""
+    if path is None:
+        return cls() if base is None else base
     p = Path(path)
     if not p.exists():
         raise SystemExit(f"rlcf: config file {path} does not exist")
@@ -63,7 +79,7 @@ def load_config(cls, path: str | None):
     from .validate import check_types
 
     try:
-        return check_types(from_dict(cls, data, where=str(path)), yaml_file=str(path))
+        return check_types(from_dict(cls, data, where=str(path), base=base), yaml_file=str(path))
     except (TypeError, ValueError) as e:
         raise SystemExit(f"rlcf: {e}")
 
@@ -73,7 +89,7 @@ def parse(command: str, argv: list[str]):
 
     cls, doc, _ = COMMANDS[command]
     path, rest = _split_config_flag(argv)
-    default = load_config(cls, path)
+    default = load_config(cls, path, base=preset(command))
     return tyro.cli(cls, args=rest, default=default, prog=f"rlcf {command}", description=f"rlcf {command}: {doc}. "
                     "Values come from --config FILE.yaml, then these flags. --debug shows an error's traceback.")
 

@@ -257,7 +257,56 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class RunControl:
+    """Where a training command writes, and how it seeds, checkpoints, resumes and reports (train, sft, rm, dpo)."""
+
+    seed: int = 0
+    """Seed for sampling, shuffling, held-out splits and initialisation."""
+    output_dir: str = "runs/run"
+    """Where config, metrics.jsonl, checkpoints and the final model go."""
+    save_every: int = 50
+    """Checkpoint every N optimiser steps (0: only at the end)."""
+    resume: bool = True
+    """Resume from the newest checkpoint in output_dir, if the run there has the same settings (those that change
+    the results; steps, save_every and progress may differ)."""
+    overwrite: bool = False
+    """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
+    force_resume: bool = False
+    """Resume although the stored config differs in settings that change the results (the run mixes both)."""
+    report_to: tuple[Literal["none", "tensorboard", "wandb", "mlflow", "trackio"], ...] = ()
+    """Experiment trackers besides metrics.jsonl (several allowed), through accelerate; tensorboard writes event
+    files under output_dir/rlcf-<command>/ (pip install 'rlcf[tensorboard]'); the others need their own package."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class DataConfig:
+    """The rows a supervised stage (sft, rm, dpo) trains on, and the share of them held out."""
+
+    path: str = ""
+    """A local JSONL/JSON/CSV/Parquet file or a hub dataset name."""
+    split: str = "train"
+    """Split of a hub dataset."""
+    columns: str = ""
+    """Column mapping for other names: 'prompt=question,completion=answer' or 'messages=conversation' (sft),
+    'prompt=question,chosen=good,rejected=bad' (rm, dpo)."""
+    max_length: int = 512
+    """Prompt + response tokens; a longer row is an error naming it."""
+    eval_fraction: float = 0.05
+    """Share held out to report the eval/ metrics (rm: whole prompts with all their pairs); 0 turns it off."""
+
+
+@dataclass
+class PairDataConfig(DataConfig):
+    """Preference pairs for the reward model."""
+
+    margin_column: Optional[str] = None
+    """Optional column with a per-pair margin subtracted inside the loss (Llama 2)."""
+
+
+@dataclass
+class TrainConfig(RunControl):
     """`rlcf train`: online RL against a reward."""
 
     algo: Literal["p3o", "ppo", "rloo", "grpo", "gspo", "apa", "awr", "ilql"] = "p3o"
@@ -278,24 +327,10 @@ class TrainConfig:
     """Wrap string prompts in the tokenizer's chat template: auto = when the tokenizer has one."""
     steps: int = 20
     """Training steps (one rollout batch each)."""
-    seed: int = 0
-    """Seed for sampling, shuffling and initialisation."""
     output_dir: str = "runs/train"
     """Where config, metrics.jsonl, checkpoints and the final model go."""
     save_every: int = 10
     """Checkpoint every N steps (0: only after the last step)."""
-    resume: bool = True
-    """Resume from the newest checkpoint in output_dir, if the run there has the same settings (those that change
-    the results; steps, save_every and progress may differ)."""
-    overwrite: bool = False
-    """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
-    force_resume: bool = False
-    """Resume although the stored config differs in settings that change the results (the run mixes both)."""
-    report_to: tuple[Literal["none", "tensorboard", "wandb", "mlflow", "trackio"], ...] = ()
-    """Experiment trackers besides metrics.jsonl (several allowed), through accelerate; tensorboard writes event
-    files under output_dir/rlcf-<command>/ (pip install 'rlcf[tensorboard]'); the others need their own package."""
-    progress: bool = True
-    """Show a progress bar."""
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -318,85 +353,37 @@ def _stage_optim() -> OptimConfig:
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(RunControl):
     """`rlcf sft`: supervised fine-tuning on prompt/completion or chat `messages` rows; loss on completion tokens only."""
 
-    data: str = ""
-    """Training data: a local JSONL/JSON/CSV/Parquet file or a hub dataset name."""
-    split: str = "train"
-    """Split of a hub dataset."""
-    columns: str = ""
-    """Column mapping 'prompt=question,completion=answer' (or 'messages=conversation') for other names."""
-    chat_template: Literal["auto", "on", "off"] = "auto"
-    """Wrap prompts in the tokenizer's chat template: auto = when the tokenizer has one. messages rows always are."""
-    max_length: int = 512
-    """Prompt + completion tokens; a longer row is an error naming it."""
-    eval_fraction: float = 0.05
-    """Rows held out to report eval/nll (0 turns it off)."""
-    seed: int = 0
-    """Seed for shuffling, the held-out split and initialisation."""
     output_dir: str = "runs/sft"
     """Where config, metrics.jsonl, checkpoints and the final model go."""
-    save_every: int = 50
-    """Checkpoint every N optimiser steps (0: only at the end)."""
-    resume: bool = True
-    """Resume from the newest checkpoint in output_dir, if the run there has the same settings (those that change
-    the results; steps, save_every and progress may differ)."""
-    overwrite: bool = False
-    """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
-    force_resume: bool = False
-    """Resume although the stored config differs in settings that change the results (the run mixes both)."""
-    report_to: tuple[Literal["none", "tensorboard", "wandb", "mlflow", "trackio"], ...] = ()
-    """Experiment trackers besides metrics.jsonl (several allowed), through accelerate; tensorboard writes event
-    files under output_dir/rlcf-<command>/ (pip install 'rlcf[tensorboard]'); the others need their own package."""
-    progress: bool = True
-    """Show a progress bar."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """prompt/completion or messages rows (--data.path FILE)."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """Wrap prompts in the tokenizer's chat template: auto = when the tokenizer has one. messages rows always are."""
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=_stage_optim)
 
 
 @dataclass
-class DPOStageConfig:
+class DPOStageConfig(RunControl):
     """`rlcf dpo`: DPO on (prompt, chosen, rejected) pairs against the frozen initial policy."""
 
     beta: float = 0.1
     """DPO's beta: scale of the implicit reward beta * (log pi_theta - log pi_ref)."""
-    data: str = ""
-    """Preference pairs: a local JSONL/JSON/CSV/Parquet file or a hub dataset name."""
-    split: str = "train"
-    """Split of a hub dataset."""
-    columns: str = ""
-    """Column mapping 'prompt=question,chosen=good,rejected=bad' for other names."""
-    chat_template: Literal["auto", "on", "off"] = "auto"
-    """Wrap prompts in the tokenizer's chat template: auto = when the tokenizer has one."""
-    max_length: int = 512
-    """Prompt + response tokens; a longer row is an error naming it."""
-    eval_fraction: float = 0.05
-    """Pairs held out to report eval/accuracy and eval/margin (0 turns it off)."""
-    seed: int = 0
-    """Seed for shuffling, the held-out split and initialisation."""
     output_dir: str = "runs/dpo"
     """Where config, metrics.jsonl, checkpoints and the final model go."""
-    save_every: int = 50
-    """Checkpoint every N optimiser steps (0: only at the end)."""
-    resume: bool = True
-    """Resume from the newest checkpoint in output_dir, if the run there has the same settings (those that change
-    the results; steps, save_every and progress may differ)."""
-    overwrite: bool = False
-    """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
-    force_resume: bool = False
-    """Resume although the stored config differs in settings that change the results (the run mixes both)."""
-    report_to: tuple[Literal["none", "tensorboard", "wandb", "mlflow", "trackio"], ...] = ()
-    """Experiment trackers besides metrics.jsonl (several allowed), through accelerate; tensorboard writes event
-    files under output_dir/rlcf-<command>/ (pip install 'rlcf[tensorboard]'); the others need their own package."""
-    progress: bool = True
-    """Show a progress bar."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Preference pairs: prompt, chosen, rejected (--data.path FILE)."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """Wrap prompts in the tokenizer's chat template: auto = when the tokenizer has one."""
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-6, epochs=1, minibatch_prompts=8))
 
 
 @dataclass
-class RMConfig:
+class RMConfig(RunControl):
     """`rlcf rm`: a scalar reward model trained with the Bradley-Terry loss on (prompt, chosen, rejected) pairs."""
 
     model: str = "embedded"
@@ -407,36 +394,10 @@ class RMConfig:
     """Weights' dtype."""
     trust_remote_code: bool = False
     """Allow a hub model's own Python code to run. Off unless you trust the repository."""
-    data: str = ""
-    """Preference pairs: a local JSONL/JSON/CSV/Parquet file or a hub dataset name."""
-    split: str = "train"
-    """Split of a hub dataset."""
-    columns: str = ""
-    """Column mapping 'prompt=question,chosen=good,rejected=bad' for other names."""
-    margin_column: Optional[str] = None
-    """Optional column with a per-pair margin subtracted inside the loss (Llama 2)."""
-    max_length: int = 512
-    """Prompt + response tokens; a longer row is an error naming it."""
-    eval_fraction: float = 0.1
-    """Prompts held out, with all their pairs, to report eval/accuracy (pairwise accuracy over held-out pairs)."""
-    seed: int = 0
-    """Seed for shuffling, the held-out split and the new head's initialisation."""
     output_dir: str = "runs/rm"
     """Where config, metrics.jsonl, checkpoints and the final model go; `rlcf train --reward.model OUTPUT/final`."""
-    save_every: int = 50
-    """Checkpoint every N optimiser steps (0: only at the end)."""
-    resume: bool = True
-    """Resume from the newest checkpoint in output_dir, if the run there has the same settings (those that change
-    the results; steps, save_every and progress may differ)."""
-    overwrite: bool = False
-    """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
-    force_resume: bool = False
-    """Resume although the stored config differs in settings that change the results (the run mixes both)."""
-    report_to: tuple[Literal["none", "tensorboard", "wandb", "mlflow", "trackio"], ...] = ()
-    """Experiment trackers besides metrics.jsonl (several allowed), through accelerate; tensorboard writes event
-    files under output_dir/rlcf-<command>/ (pip install 'rlcf[tensorboard]'); the others need their own package."""
-    progress: bool = True
-    """Show a progress bar."""
+    data: PairDataConfig = field(default_factory=lambda: PairDataConfig(eval_fraction=0.1))
+    """Preference pairs: prompt, chosen, rejected (--data.path FILE)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, epochs=2, minibatch_prompts=8))
 
 
@@ -545,42 +506,26 @@ class PlotConfig:
     """Report title."""
 
 
-def _pipeline_label() -> LabelConfig:
-    return LabelConfig(judge="rlcf.demo.gold:vader", max_prompts=256,
-                       rollout=RolloutConfig(prompts_per_step=64, group_size=4, max_new_tokens=40))
-
-
-def _pipeline_train() -> TrainConfig:
-    cfg = TrainConfig(algo="p3o", steps=20, save_every=5)
-    cfg.reward.function = None
-    cfg.reward.gold = "rlcf.demo.gold:vader"
-    cfg.model.reference, cfg.model.trainable_blocks = "top_blocks", 2
-    cfg.rollout.prompts_per_step, cfg.rollout.max_new_tokens = 16, 40
-    cfg.optim.lr, cfg.optim.epochs = 2e-4, 2
-    cfg.p3o.variant = "v1"  # with its dual clip (the default); the paper's unbounded V1 blew up on this task
-    return cfg
-
-
 @dataclass
 class PipelineConfig:
     """`rlcf pipeline`: label pairs with a judge -> reward model -> RL against it -> eval with the gold judge -> report.
 
     Each stage writes into its own folder under output_dir and is reused by a later run when its config (and
     everything upstream of it) is unchanged. The pipeline wires the stages together: it sets label.output,
-    rm.data, rm.output_dir, train.reward.model, train.output_dir, eval.model, eval.reference and eval.output.
+    rm.data.path, rm.output_dir, train.reward.model, train.output_dir, eval.model, eval.reference and eval.output.
+
+    The main job's values are not here: `rlcf pipeline` starts from the preset rlcf/presets/pipeline.yaml
+    (`rlcf.cli.preset("pipeline")`), and --config and flags override it; these are the plain stage defaults.
     """
 
     output_dir: str = "runs/pipeline"
     """Where the stages' folders (label/, rm/, train/, report/) go."""
     title: str = "rlcf pipeline: P3O against a reward model learned from VADER-judged comparisons"
     """Title of the report."""
-    label: LabelConfig = field(default_factory=_pipeline_label)
-    rm: RMConfig = field(default_factory=lambda: RMConfig(num_layers=4, eval_fraction=0.15,
-                                                          optim=OptimConfig(lr=1e-4, epochs=3, minibatch_prompts=8)))
-    train: TrainConfig = field(default_factory=_pipeline_train)
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(gold="rlcf.demo.gold:vader", max_prompts=64,
-                                                                rollout=RolloutConfig(prompts_per_step=64, group_size=1,
-                                                                                      max_new_tokens=40)))
+    label: LabelConfig = field(default_factory=LabelConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def to_dict(cfg) -> dict:
@@ -589,7 +534,8 @@ def to_dict(cfg) -> dict:
 
 def from_dict(cls, data: dict, where: str = "config", base=None):
     """Build a (nested) config dataclass from a plain dict, on top of `base` (default: cls()), so a nested
-    section keeps the defaults its parent chose for it; unknown keys are an error naming the path."""
+    section keeps the defaults its parent chose for it; unknown keys are an error naming the path. A data section
+    may be given as just its path (`data: pairs.jsonl`)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     base = cls() if base is None else base
@@ -601,6 +547,8 @@ def from_dict(cls, data: dict, where: str = "config", base=None):
                 f"{where}: unknown field '{key}' for {cls.__name__}; known fields: {', '.join(sorted(known))}"
             )
         current = getattr(base, key)
+        if isinstance(current, DataConfig) and isinstance(value, str):  # `data: FILE` is short for `data: {path: FILE}`
+            value = {"path": value}
         if dataclasses.is_dataclass(current):
             kwargs[key] = from_dict(type(current), value, f"{where}.{key}", current)
         elif isinstance(value, list):

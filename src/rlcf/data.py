@@ -217,7 +217,7 @@ def _row_where(source: str, i: int, lines: list[int] | None) -> str:
     return f"{source}, row {i + 1}{line}"
 
 
-def parse_columns(spec: str, known: tuple[str, ...], option: str = "--columns") -> dict[str, str]:
+def parse_columns(spec: str, known: tuple[str, ...], option: str = "--data.columns") -> dict[str, str]:
     """'prompt=question,chosen=good' -> {'prompt': 'question', 'chosen': 'good'}; names not in `known` are errors."""
     mapping = {}
     for part in filter(None, (p.strip() for p in (spec or "").split(","))):
@@ -232,7 +232,7 @@ def parse_columns(spec: str, known: tuple[str, ...], option: str = "--columns") 
 
 
 def load_records(source: str, text: tuple[str, ...] = (), numbers: tuple[str, ...] = (), messages: tuple[str, ...] = (),
-                 columns: str = "", split: str = "train", option: str = "--columns") -> list[dict]:
+                 columns: str = "", split: str = "train", option: str = "--data.columns") -> list[dict]:
     """Rows of `source` with the named fields (TRL's column names, or others through the `columns` mapping),
     every row validated up front: a missing column, an empty or non-string text, a non-finite number or a
     malformed message list is an error naming the file, the row (1-based) and the field."""
@@ -275,7 +275,7 @@ def load_records(source: str, text: tuple[str, ...] = (), numbers: tuple[str, ..
     return out
 
 
-def check_length(n_tokens: int, limit: int, where: str, option: str = "--max-length") -> None:
+def check_length(n_tokens: int, limit: int, where: str, option: str = "--data.max-length") -> None:
     if n_tokens > limit:
         raise DataError(f"{where}: {n_tokens} tokens, over the limit of {limit}; shorten or drop the row, or raise {option}")
 

@@ -88,10 +88,10 @@ def run_ilql(cfg: TrainConfig) -> Path:
     def save(folder: Path) -> None:
         save_ilql(model, tokenizer, folder, icfg.beta, dataclasses.asdict(icfg))
 
-    stage_cfg = SimpleNamespace(optim=dataclasses.replace(cfg.optim, grad_accum=1), seed=cfg.seed, eval_fraction=0.05,
+    stage_cfg = SimpleNamespace(optim=dataclasses.replace(cfg.optim, grad_accum=1), seed=cfg.seed,
                                 output_dir=cfg.output_dir, save_every=cfg.save_every, resume=cfg.resume,
                                 progress=cfg.progress, report_to=cfg.report_to, tracker_config=to_dict(cfg),
                                 command="rlcf train --algo ilql")
     stage = Stage(name="ilql", model=model, rows=examples, collate=lambda rs: _collate(rs, tokenizer.pad_token_id),
-                  loss_fn=loss_fn, save=save)
+                  loss_fn=loss_fn, save=save, eval_fraction=0.05)
     return run_stage(stage_cfg, stage, run)

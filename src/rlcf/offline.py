@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import Tensor
 
 from .config import DPOStageConfig
-from .data import DataError, check_length, left_pad, load_records, parse_columns
+from .data import check_length, left_pad, load_records, parse_columns
 from .losses import dpo_loss
 from .stages import Stage, claim_run, encode_prompt, encode_response, right_pad, run_stage, use_chat_template
 from .validate import validate
@@ -22,15 +22,12 @@ FIELDS = ("prompt", "chosen", "rejected")
 
 
 def run_dpo(cfg: DPOStageConfig) -> Path:
-    """DPO of cfg.model on cfg.data; returns the folder of the final policy (OUTPUT_DIR/final)."""
+    """DPO of cfg.model on cfg.data.path; returns the folder of the final policy (OUTPUT_DIR/final)."""
     from accelerate.utils import set_seed
 
     from .models import build_models, load_tokenizer
 
-    if not cfg.data:
-        raise DataError("rlcf dpo needs --data: a JSONL/JSON/CSV/Parquet file or a hub dataset with "
-                        "prompt, chosen and rejected columns")
-    validate(cfg)  # before anything loads
+    validate(cfg)  # before anything loads (also: no --data.path)
     set_seed(cfg.seed)
     # data are checked before the models are loaded, so bad input fails fast
     rows = load_dpo_rows(cfg, load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code))
@@ -54,21 +51,23 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
         models.merged_policy().save_pretrained(folder)
         models.tokenizer.save_pretrained(folder)
 
-    return run_stage(cfg, Stage(name="dpo", model=models, rows=rows, collate=collate, loss_fn=loss_fn, save=save), run)
+    stage = Stage(name="dpo", model=models, rows=rows, collate=collate, loss_fn=loss_fn, save=save,
+                  eval_fraction=cfg.data.eval_fraction)
+    return run_stage(cfg, stage, run)
 
 
 def load_dpo_rows(cfg: DPOStageConfig, tokenizer) -> list[dict]:
     """[{'prompt_ids', 'chosen_ids', 'rejected_ids'}] per pair, validated (errors name the file, row and field)."""
-    records = load_records(cfg.data, text=FIELDS, columns=cfg.columns, split=cfg.split)
-    col = {f: parse_columns(cfg.columns, FIELDS).get(f, f) for f in FIELDS}
+    records = load_records(cfg.data.path, text=FIELDS, columns=cfg.data.columns, split=cfg.data.split)
+    col = {f: parse_columns(cfg.data.columns, FIELDS).get(f, f) for f in FIELDS}
     use_chat = use_chat_template(tokenizer, cfg.chat_template)
     out = []
     for i, rec in enumerate(records):
         row = {"prompt_ids": encode_prompt(tokenizer, rec["prompt"], use_chat)}
         for side in ("chosen", "rejected"):
             row[f"{side}_ids"] = encode_response(tokenizer, rec[side])
-            check_length(len(row["prompt_ids"]) + len(row[f"{side}_ids"]), cfg.max_length,
-                         f"{cfg.data}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
+            check_length(len(row["prompt_ids"]) + len(row[f"{side}_ids"]), cfg.data.max_length,
+                         f"{cfg.data.path}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
         out.append(row)
     return out
 

@@ -50,7 +50,7 @@ def wire(cfg: PipelineConfig) -> PipelineConfig:
     out = Path(cfg.output_dir)
     cfg.label.model = copy.deepcopy(cfg.train.model)
     cfg.label.output = str(out / "label" / "pairs.jsonl")
-    cfg.rm.data = cfg.label.output
+    cfg.rm.data.path = cfg.label.output
     cfg.rm.output_dir = str(out / "rm")
     cfg.train.reward.model = str(out / "rm" / "final")
     cfg.train.output_dir = str(out / "train")

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import RMConfig
-from .data import DataError, check_length, load_records, parse_columns
+from .data import check_length, load_records, parse_columns
 from .losses import bradley_terry_loss
 from .rewards import reward_texts
 from .stages import Stage, claim_run, right_pad, run_stage
@@ -28,13 +28,10 @@ from .validate import validate
 PAD_TOKEN = "<|pad|>"
 
 def run_rm(cfg: RMConfig) -> Path:
-    """Train a reward model on cfg.data; returns the folder of the final model (OUTPUT_DIR/final)."""
+    """Train a reward model on cfg.data.path; returns the folder of the final model (OUTPUT_DIR/final)."""
     from accelerate.utils import set_seed
 
-    if not cfg.data:
-        raise DataError("rlcf rm needs --data: a JSONL/JSON/CSV/Parquet file or a hub dataset with "
-                        "prompt, chosen and rejected columns")
-    validate(cfg)  # before anything loads
+    validate(cfg)  # before anything loads (also: no --data.path)
     set_seed(cfg.seed)
     tokenizer = load_rm_tokenizer(cfg.model, cfg.trust_remote_code)
     rows = load_rm_rows(cfg, tokenizer)  # checked before the model is loaded, so bad input fails fast
@@ -46,7 +43,7 @@ def run_rm(cfg: RMConfig) -> Path:
         tokenizer.save_pretrained(folder)
 
     stage = Stage(name="rm", model=model, rows=rows, collate=lambda batch: rm_collate(batch, tokenizer.pad_token_id),
-                  loss_fn=rm_batch_loss, save=save, size=rm_pairs)
+                  loss_fn=rm_batch_loss, save=save, size=rm_pairs, eval_fraction=cfg.data.eval_fraction)
     return run_stage(cfg, stage, run)
 
 
@@ -110,12 +107,12 @@ def load_rm_rows(cfg: RMConfig, tokenizer) -> list[dict]:
     scored once per step, not once per pair, and the held-out split never puts a response on both sides.
     Texts are built as rewards.reward_texts builds them; every pair is validated (file, row, field)."""
     fields = ("prompt", "chosen", "rejected")
-    numbers = ("margin",) if cfg.margin_column else ()
-    columns = cfg.columns
-    if cfg.margin_column:
-        columns = f"{columns},margin={cfg.margin_column}" if columns.strip() else f"margin={cfg.margin_column}"
-    records = load_records(cfg.data, text=fields, numbers=numbers, columns=columns, split=cfg.split)
-    col = {f: parse_columns(cfg.columns, fields).get(f, f) for f in fields}
+    numbers = ("margin",) if cfg.data.margin_column else ()
+    columns = cfg.data.columns
+    if cfg.data.margin_column:
+        columns = f"{columns},margin={cfg.data.margin_column}" if columns.strip() else f"margin={cfg.data.margin_column}"
+    records = load_records(cfg.data.path, text=fields, numbers=numbers, columns=columns, split=cfg.data.split)
+    col = {f: parse_columns(cfg.data.columns, fields).get(f, f) for f in fields}
     prompts = [r["prompt"] for r in records]
     encoded = {}
     for side in ("chosen", "rejected"):
@@ -124,11 +121,11 @@ def load_rm_rows(cfg: RMConfig, tokenizer) -> list[dict]:
     groups: dict[str, dict] = {}
     for i, rec in enumerate(records):
         row = groups.setdefault(rec["prompt"], {"texts": [], "chosen": [], "rejected": [], "_index": {}})
-        if cfg.margin_column:
+        if cfg.data.margin_column:
             row.setdefault("margin", []).append(rec["margin"])
         for side in ("chosen", "rejected"):
             ids = tuple(encoded[side][i])
-            check_length(len(ids), cfg.max_length, f"{cfg.data}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
+            check_length(len(ids), cfg.data.max_length, f"{cfg.data.path}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
             if ids not in row["_index"]:
                 row["_index"][ids] = len(row["texts"])
                 row["texts"].append(list(ids))

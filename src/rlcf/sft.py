@@ -1,6 +1,6 @@
 """`rlcf sft`: supervised fine-tuning, the token NLL of completions only (losses/sft.py).
 
-Rows are either `prompt` + `completion` strings (TRL's names; others through --columns) or a chat `messages`
+Rows are either `prompt` + `completion` strings (TRL's names; others through --data.columns) or a chat `messages`
 list. In a messages row the LAST message must be the assistant's: it is the completion, and everything before
 it is the prompt, rendered by the chat template with its generation prompt. Earlier assistant turns are
 context and get no loss: one completion per row keeps the prompt/completion boundary exact under any chat
@@ -30,15 +30,12 @@ FIELDS = ("prompt", "completion", "messages")
 
 
 def run_sft(cfg: SFTConfig) -> Path:
-    """Fine-tune cfg.model on cfg.data; returns the folder of the final model (OUTPUT_DIR/final)."""
+    """Fine-tune cfg.model on cfg.data.path; returns the folder of the final model (OUTPUT_DIR/final)."""
     from accelerate.utils import set_seed
 
     from .models import load_causal_lm, load_tokenizer
 
-    if not cfg.data:
-        raise DataError("rlcf sft needs --data: a JSONL/JSON/CSV/Parquet file or a hub dataset with "
-                        "prompt/completion or messages rows")
-    validate(cfg)  # before anything loads
+    validate(cfg)  # before anything loads (also: no --data.path)
     set_seed(cfg.seed)
     # data are checked before the model is loaded, so bad input fails fast
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
@@ -53,35 +50,35 @@ def run_sft(cfg: SFTConfig) -> Path:
         tokenizer.save_pretrained(folder)
 
     stage = Stage(name="sft", model=lm, rows=rows, collate=partial(sft_collate, pad_id=tokenizer.pad_token_id),
-                  loss_fn=sft_batch_loss, save=save)
+                  loss_fn=sft_batch_loss, save=save, eval_fraction=cfg.data.eval_fraction)
     return run_stage(cfg, stage, run)
 
 
 def load_sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
     """[{'prompt_ids': [...], 'completion_ids': [... EOS]}] per row, every row validated (errors name the file,
     the row and the field)."""
-    mapping = parse_columns(cfg.columns, FIELDS)
+    mapping = parse_columns(cfg.data.columns, FIELDS)
     if "messages" in mapping:
         as_messages = True
     elif "prompt" in mapping or "completion" in mapping:
         as_messages = False
     else:  # no mapping: the columns decide
-        first = load_rows(cfg.data, cfg.split)[:1]
+        first = load_rows(cfg.data.path, cfg.data.split)[:1]
         as_messages = bool(first) and "messages" in first[0] and "prompt" not in first[0]
     fields = ("messages",) if as_messages else ("prompt", "completion")
     col = {f: mapping.get(f, f) for f in fields}
     if as_messages:
-        records = load_records(cfg.data, messages=fields, columns=cfg.columns, split=cfg.split)
+        records = load_records(cfg.data.path, messages=fields, columns=cfg.data.columns, split=cfg.data.split)
     else:
-        records = load_records(cfg.data, text=fields, columns=cfg.columns, split=cfg.split)
+        records = load_records(cfg.data.path, text=fields, columns=cfg.data.columns, split=cfg.data.split)
     use_chat = use_chat_template(tokenizer, cfg.chat_template)
     if as_messages and not tokenizer.chat_template:
-        raise DataError(f"{cfg.data}: messages rows need a chat template, and this tokenizer has none; "
+        raise DataError(f"{cfg.data.path}: messages rows need a chat template, and this tokenizer has none; "
                         "use prompt/completion rows or a model with a chat template")
     out = []
     for i, rec in enumerate(records):
         if as_messages:
-            where = f"{cfg.data}, row {i + 1}, field '{col['messages']}'"
+            where = f"{cfg.data.path}, row {i + 1}, field '{col['messages']}'"
             messages = rec["messages"]
             if messages[-1]["role"] != "assistant" or len(messages) < 2:
                 raise DataError(f"{where}: the last message must be the assistant's reply, after at least one "
@@ -90,11 +87,11 @@ def load_sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
                 raise DataError(f"{where}: the last (assistant) message is empty; fill it in or remove the row")
             prompt, completion = messages[:-1], messages[-1]["content"]
         else:
-            where = f"{cfg.data}, row {i + 1}, fields '{col['prompt']}' + '{col['completion']}'"
+            where = f"{cfg.data.path}, row {i + 1}, fields '{col['prompt']}' + '{col['completion']}'"
             prompt, completion = rec["prompt"], rec["completion"]
         prompt_ids = encode_prompt(tokenizer, prompt, use_chat)
         completion_ids = encode_response(tokenizer, completion)
-        check_length(len(prompt_ids) + len(completion_ids), cfg.max_length, where)
+        check_length(len(prompt_ids) + len(completion_ids), cfg.data.max_length, where)
         out.append({"prompt_ids": prompt_ids, "completion_ids": completion_ids})
     return out
 

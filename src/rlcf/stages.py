@@ -54,6 +54,8 @@ class Stage:
     """(model, batch) -> (scalar loss, {'group/name': scalar tensor}); runs under no_grad for evaluation."""
     save: Callable[[Path], None]
     """Writes the final model (and its tokenizer) into the given folder."""
+    eval_fraction: float = 0.0
+    """Share of the rows held out for the eval/ metrics (the command's data.eval_fraction)."""
     size: Callable[[list], int] = len
     """How many examples a list of rows holds; held-out metrics are averaged with these weights (default: one
     per row; `rlcf rm` counts pairs, as a row holds all pairs of one prompt)."""
@@ -66,7 +68,7 @@ def split_rows(n: int, eval_fraction: float, seed: int) -> tuple[list[int], list
     n_eval = 0 if eval_fraction == 0 else max(1, round(n * eval_fraction))
     if n - n_eval < 1:
         raise DataError(f"{n} rows leave none to train on after holding out {n_eval}; "
-                        "add rows or lower --eval-fraction")
+                        "add rows or lower --data.eval-fraction")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(perm[n_eval:]), sorted(perm[:n_eval])
 
@@ -90,8 +92,8 @@ def claim_run(cfg) -> RunDir:
 
 
 def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
-    """Train `stage.model` on `stage.rows` as configured by cfg (an SFTConfig, RMConfig or DPOStageConfig:
-    optim, seed, eval_fraction, output_dir, save_every, resume, progress) and return the final model's folder.
+    """Train `stage.model` on `stage.rows` as configured by cfg (an SFTConfig, RMConfig or DPOStageConfig: its
+    RunControl fields and optim) and return the final model's folder.
     run: the folder claimed by `claim_run(cfg)` before the stage loaded its data and model."""
     opt = cfg.optim
     run = claim_run(cfg) if run is None else run
@@ -102,7 +104,7 @@ def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
     main = accelerator.is_main_process
 
     # 1. held-out split, and the length of the run in optimiser steps
-    train_idx, eval_idx = split_rows(len(stage.rows), cfg.eval_fraction, cfg.seed)
+    train_idx, eval_idx = split_rows(len(stage.rows), stage.eval_fraction, cfg.seed)
     plan_args = (opt.minibatch_prompts, opt.grad_accum, accelerator.process_index, accelerator.num_processes)
     steps_per_epoch = len(epoch_plan(train_idx, 0, cfg.seed, *plan_args))
     if steps_per_epoch == 0:

@@ -144,12 +144,11 @@ RULES: dict[type, dict[str, tuple]] = {
     C.OptimConfig: {"lr": _gt(0), "betas": (lambda v: all(0 <= b < 1 for b in v), "each in [0, 1)"),
                     "weight_decay": _ge(0), "critic_lr": _gt(0), "epochs": _ge(1), "minibatch_prompts": _ge(1),
                     "grad_accum": _ge(1), "max_grad_norm": _ge(0), "max_nonfinite_steps": _ge(1)},
-    C.TrainConfig: {"steps": _ge(1), "seed": _ge(0), "save_every": _ge(0)},
-    C.SFTConfig: {"max_length": _ge(2), "eval_fraction": _in(0, 1, False), "seed": _ge(0), "save_every": _ge(0)},
-    C.DPOStageConfig: {"beta": _gt(0), "max_length": _ge(2), "eval_fraction": _in(0, 1, False), "seed": _ge(0),
-                       "save_every": _ge(0)},
-    C.RMConfig: {"num_layers": _ge(1), "max_length": _ge(2), "eval_fraction": _in(0, 1, False), "seed": _ge(0),
-                 "save_every": _ge(0)},
+    C.RunControl: {"seed": _ge(0), "save_every": _ge(0)},
+    C.DataConfig: {"max_length": _ge(2), "eval_fraction": _in(0, 1, False)},
+    C.TrainConfig: {"steps": _ge(1)},
+    C.DPOStageConfig: {"beta": _gt(0)},
+    C.RMConfig: {"num_layers": _ge(1)},
     C.LabelConfig: {"max_prompts": _ge(1), "noise_temperature": _ge(0), "seed": _ge(0)},
     C.JudgeConfig: {"timeout_s": _gt(0), "retries": _ge(0)},
     C.EvalConfig: {"max_prompts": _ge(1), "samples_per_prompt": _ge(1), "seed": _ge(0)},
@@ -157,7 +156,7 @@ RULES: dict[type, dict[str, tuple]] = {
 
 
 def check_ranges(cfg, where: str = "") -> None:
-    rules = RULES.get(type(cfg), {})
+    rules = {k: v for cls in reversed(type(cfg).__mro__) for k, v in RULES.get(cls, {}).items()}  # inherited too
     for f in dataclasses.fields(cfg):
         path = f"{where}.{f.name}" if where else f.name
         value = getattr(cfg, f.name)
@@ -195,6 +194,9 @@ def check_rules(cfg) -> None:
         if cfg.p3o.dual_clip is not None and cfg.p3o.dual_clip <= 1 + cfg.p3o.eps:
             raise ConfigError(f"--p3o.dual-clip={cfg.p3o.dual_clip}: must be greater than 1 + --p3o.eps "
                               f"({1 + cfg.p3o.eps:g}), or None for the paper's unbounded V1")
+    if isinstance(getattr(cfg, "data", None), C.DataConfig) and not cfg.data.path:
+        rows = {C.SFTConfig: "prompt/completion or messages rows"}.get(type(cfg), "prompt, chosen and rejected columns")
+        raise ConfigError(f"no training data: give --data.path FILE (JSONL/JSON/CSV/Parquet) or a hub dataset with {rows}")
     if isinstance(cfg, C.LabelConfig):
         if cfg.rollout.group_size < 2:
             raise ConfigError(f"--rollout.group-size={cfg.rollout.group_size}: labelling compares responses in pairs; "

@@ -13,6 +13,8 @@ def override(cfg, **over):
         *path, last = key.split(".")
         for p in path:
             obj = getattr(obj, p)
+        if not hasattr(obj, last):  # a misspelt or moved field must not pass silently
+            raise AttributeError(f"{type(obj).__name__} has no field {last!r} (override {key!r})")
         setattr(obj, last, value)
     return cfg
 
