@@ -12,7 +12,7 @@ import torch
 
 from rlcf.config import EvalConfig, JudgeConfig, RolloutConfig
 from rlcf.data import left_pad
-from rlcf.evaluate import (evaluate, mean_stderr, run_eval, sequence_kls, token_logprobs,
+from rlcf.evaluate import (evaluate, mean_stderr, reward_gold_agreement, run_eval, sequence_kls, token_logprobs,
                            wilson_interval, win_rate_summary)
 from rlcf.judges import ScoreJudge
 from rlcf.generation import HFBackend
@@ -138,6 +138,17 @@ def test_win_rate_counts_ties_as_half_and_wilson_interval():
         win_rate_summary([1.0, 1.5])
 
 
+def test_reward_gold_agreement_counts_same_order_over_pairs_gold_separates():
+    # pairs: agree, disagree, gold tie (left out), reward tie (half), agree with both signs negative
+    got = reward_gold_agreement([2.0, 0.0, 5.0, 1.0, -3.0], [1.0, 1.0, 0.0, 1.0, -1.0],
+                                [0.9, 0.9, 0.4, 0.2, 0.1], [0.1, 0.1, 0.4, 0.3, 0.5])
+    assert got["n"] == 4 and got["agreement"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    assert got["ci95"] == list(wilson_interval(2.5 / 4, 4))
+    assert reward_gold_agreement([1.0, 2.0], [3.0, 4.0], [0.5, 0.5], [0.5, 0.5]) is None
+    # two samples per prompt: the interval is over prompts
+    assert reward_gold_agreement([1.0] * 4, [0.0] * 4, [1.0] * 4, [0.0] * 4, 2)["ci95"] == list(wilson_interval(1.0, 2))
+
+
 def test_mean_stderr_is_over_prompts():
     mean, stderr = mean_stderr([1.0, 3.0, 5.0, 7.0], samples_per_prompt=2)  # prompt means 2 and 6
     assert mean == 4.0 and stderr == pytest.approx(math.sqrt(8) / math.sqrt(2))
@@ -170,6 +181,7 @@ def test_evaluate_pairs_samples_and_uses_the_judge(tiny_model_dir):
     wr = result.report["win_rate"]
     assert wr["n"] == 6 and wr["win_rate"] == pytest.approx(sum(r["judge"] for r in rows) / 6)
     assert result.report["policy"]["reward/mean"] == pytest.approx(sum(r["policy_reward"] for r in rows) / 6)
+    assert "reward_gold_agreement" not in result.report  # no gold scorer
     # a seed fixes the samples
     again = evaluate(policy, reference, tok, ["the cat", "a dog", "the sea"], RolloutConfig(max_new_tokens=6),
                      samples_per_prompt=2, reward=length, seed=3)
@@ -197,8 +209,13 @@ def test_run_eval_same_model_has_zero_kl_and_writes_the_report(tmp_path, tiny_mo
     assert len(rows) == 8 and all(r["kl_k1"] == 0.0 for r in rows)
     assert pol["gold/mean"] == pytest.approx(sum(r["policy_gold"] for r in rows) / 8)
     assert pol["response/length_mean"] == pytest.approx(sum(r["policy_length"] for r in rows) / 8)
+    # the reward is the gold scorer here: it orders every pair the gold scorer separates as gold does
+    separated = sum(r["policy_gold"] != r["reference_gold"] for r in rows)
+    assert separated > 0 and report["reward_gold_agreement"]["n"] == separated
+    assert report["reward_gold_agreement"]["agreement"] == 1.0
     table = capsys.readouterr().out
     assert "kl/k1_seq (nats)" in table and "win_rate vs reference" in table and "gold/mean" in table
+    assert "reward agrees with gold" in table
 
 
 def test_run_eval_different_policy_has_positive_kl(tmp_path, tiny_model_dir, prompts_file):

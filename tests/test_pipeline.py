@@ -57,7 +57,11 @@ def test_pipeline_end_to_end_then_cached(tiny_model_dir, prompts_file, tmp_path)
     pairs = [json.loads(x) for x in (out / "label" / "pairs.jsonl").read_text().splitlines()]
     assert summary["pairs"] == len(pairs) > 20
     assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)  # noiseless judge, ties dropped
-    assert summary["rm_heldout_accuracy"] is not None
+    rm_eval = [m for m in map(json.loads, (out / "rm" / "metrics.jsonl").read_text().splitlines()) if "eval/accuracy" in m]
+    assert summary["rm_heldout_accuracy"] == rm_eval[-1]["eval/accuracy"]
+    assert summary["rm_heldout_pairs"] == rm_eval[-1]["eval/examples"] > 0
+    lo, hi = summary["rm_heldout_ci95"]
+    assert lo <= summary["rm_heldout_accuracy"] <= hi
     # the policy trained against the learned reward model, and eval compared it with the initial policy
     metrics = [json.loads(x) for x in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 30 and "gold/mean" in metrics[-1]
@@ -74,6 +78,10 @@ def test_pipeline_end_to_end_then_cached(tiny_model_dir, prompts_file, tmp_path)
     text = report.read_text()
     assert "### Samples" in text and f"**Prompt:** {samples[0]['prompt'].strip()}" in text
     assert f"gold {samples[0]['policy_gold']:.3f}" in text
+    # the reward model's agreement with the gold judge on those pairs, as the eval computed it
+    agree = ev["reward_gold_agreement"]
+    assert agree["n"] == sum(s["policy_gold"] != s["reference_gold"] for s in samples)
+    assert f"orders {agree['agreement']:.4f} of the {agree['n']} pairs" in text
 
     second = run_cli(["pipeline", "--config", str(config)], tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]

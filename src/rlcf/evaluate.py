@@ -106,6 +106,24 @@ def win_rate_summary(outcomes: Sequence[float], samples_per_prompt: int = 1) -> 
     }
 
 
+def reward_gold_agreement(policy_reward: Sequence[float], reference_reward: Sequence[float],
+                          policy_gold: Sequence[float], reference_gold: Sequence[float],
+                          samples_per_prompt: int = 1) -> dict | None:
+    """How often the reward orders each (policy, reference) pair as the gold scorer does, over the pairs whose gold
+    scores differ (a reward tie counts 0.5), with a 95% Wilson interval over prompts; None when gold ties everywhere.
+
+    This is the reward model's pairwise accuracy on the trained policy's own samples: well below its held-out
+    accuracy on the labelled pairs, the policy has found responses the reward model overrates (reward hacking)."""
+    hits = [1.0 if (pr - rr) * (pg - rg) > 0 else 0.5 if pr == rr else 0.0
+            for pr, rr, pg, rg in zip(policy_reward, reference_reward, policy_gold, reference_gold) if pg != rg]
+    if not hits:
+        return None
+    rate = sum(hits) / len(hits)
+    lo, hi = wilson_interval(rate, max(1, len(hits) // samples_per_prompt))
+    return {"agreement": rate, "n": len(hits), "ci95": [lo, hi],
+            "note": "policy vs reference response pairs whose gold scores differ; reward tie = 0.5"}
+
+
 # ---- the evaluation ----
 
 @dataclass
@@ -237,6 +255,8 @@ def evaluate(policy, reference, tokenizer, prompts: Sequence[Prompt | str], roll
         "time_s": timings,
     }
     ref = sides["reference"]
+    if pol.rewards is not None and pol.gold is not None:
+        report["reward_gold_agreement"] = reward_gold_agreement(pol.rewards, ref.rewards, pol.gold, ref.gold, k)
     samples = []
     for row in range(len(texts)):
         samples.append({
@@ -360,6 +380,11 @@ def format_table(report: dict) -> str:
                      f"judge {wr['judge']}")
     elif report.get("win_rate_note"):
         lines.append(f"({report['win_rate_note']})")
+    agree = report.get("reward_gold_agreement")
+    if agree:
+        lo, hi = agree["ci95"]
+        lines.append(f"{'reward agrees with gold':<26}{agree['agreement']:>22.3f}   95% [{lo:.3f}, {hi:.3f}]   "
+                     f"({agree['n']} pairs whose gold differs)")
     if report.get("kl", {}).get("note"):
         lines.append(f"(KL: {report['kl']['note']})")
     lines.append("(± = standard error over prompts)")

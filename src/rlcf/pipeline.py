@@ -114,13 +114,19 @@ def _forget_stale_run(folder: Path) -> None:
 
 
 def _summary(cfg: PipelineConfig, times: dict, total_s: float) -> dict:
+    from .evaluate import wilson_interval
+
     label = json.loads(Path(cfg.label.output).with_suffix(".summary.json").read_text())
     rm_metrics = [json.loads(x) for x in (Path(cfg.rm.output_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    rm_acc = [m["eval/accuracy"] for m in rm_metrics if "eval/accuracy" in m]
+    rm_eval = [m for m in rm_metrics if "eval/accuracy" in m]
     ev = json.loads(Path(cfg.eval.output).read_text())
+    rm_acc, rm_n = (rm_eval[-1]["eval/accuracy"], int(rm_eval[-1]["eval/examples"])) if rm_eval else (None, 0)
     return {
         "pairs": label["pairs"],
-        "rm_heldout_accuracy": rm_acc[-1] if rm_acc else None,
+        "rm_heldout_accuracy": rm_acc,
+        "rm_heldout_pairs": rm_n,
+        # pairs of one prompt share responses, so the interval is optimistic (too narrow)
+        "rm_heldout_ci95": list(wilson_interval(rm_acc, rm_n)) if rm_eval else None,
         "eval": ev,
         "seconds": {**{k: round(v, 1) for k, v in times.items()}, "total": round(total_s, 1)},
     }
@@ -133,10 +139,20 @@ def _append_to_report(report: Path, summary: dict) -> None:
     def f(x):
         return "n/a" if x is None else f"{x:.4f}"
 
-    acc = summary["rm_heldout_accuracy"]
+    acc, ci = summary["rm_heldout_accuracy"], summary.get("rm_heldout_ci95") or [None, None]
+    agree = ev.get("reward_gold_agreement")
     lines = [
         "", "## Pipeline", "",
-        f"- Pairs labelled by the judge: {summary['pairs']}; reward model held-out pairwise accuracy: {f(acc)}.",
+        f"- Pairs labelled by the judge: {summary['pairs']}; reward model held-out pairwise accuracy: {f(acc)} on "
+        f"{summary.get('rm_heldout_pairs')} pairs (Wilson 95% {f(ci[0])} to {f(ci[1])}; optimistic, as pairs of one "
+        "prompt share responses).",
+    ]
+    if agree:
+        lines.append(f"- On the evaluation's pairs (trained against initial response to a held-out prompt), the reward "
+                     f"model orders {f(agree['agreement'])} of the {agree['n']} pairs the gold judge separates as the "
+                     f"gold judge does (95% {f(agree['ci95'][0])} to {f(agree['ci95'][1])}); well below its held-out "
+                     "accuracy would mean the policy found responses the reward model overrates.")
+    lines += [
         "",
         "| | trained policy | initial policy |", "|---|---|---|",
         f"| reward model score | {f(pol.get('reward/mean'))} | {f(ref.get('reward/mean'))} |",
@@ -192,7 +208,7 @@ def _print_summary(summary: dict, report: Path) -> None:
                 flat[f"{prefix}{k}"] = v
 
     walk(ev)
-    pick = [k for k in flat if any(s in k for s in ("gold/mean", "reward/mean", "k1", "k3", "win_rate"))]
+    pick = [k for k in flat if any(s in k for s in ("gold/mean", "reward/mean", "k1", "k3", "win_rate", "agreement"))]
     print("\nPipeline finished.")
     print(f"  pairs labelled            {summary['pairs']}")
     if summary["rm_heldout_accuracy"] is not None:
