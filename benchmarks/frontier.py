@@ -38,7 +38,7 @@ import torch
 
 from rlcf.cli import preset
 from rlcf.config import DataConfig, DPOStageConfig
-from rlcf.evaluate import run_eval, wilson_interval
+from rlcf.evaluate import reward_gold_agreement, run_eval, wilson_interval
 from rlcf.label import run_label
 from rlcf.offline import run_dpo
 from rlcf.pipeline import wire
@@ -114,6 +114,26 @@ def head_to_head(runs) -> list[dict]:
         out.append({**{k: v for k, v in row.items() if k != "outcomes"}, "n": n, "win_rate": rate, "ci95": (lo, hi),
                     "seeds": len(row["kl"])})
     return sorted(out, key=lambda x: (x["method"], x["strength"]))
+
+
+def agreement_lines(runs) -> list[str]:
+    """Per method and strength: how often the reward model orders (trained, initial) response pairs as VADER does,
+    on each run's held-out samples (mean over seeds), beside the KL: a falling agreement as KL grows is the reward
+    model being exploited."""
+    cells: dict[str, list[str]] = {}
+    for method in METHODS:
+        for g in aggregate([r for r in runs if r.algo == method]):
+            rates = []
+            for r in g.runs:
+                rows = [json.loads(x) for x in (r.path / "eval.samples.jsonl").read_text().splitlines() if x.strip()]
+                if rows and rows[0].get("policy_reward") is not None:
+                    got = reward_gold_agreement(*([row[k] for row in rows] for k in
+                                                  ("policy_reward", "reference_reward", "policy_gold", "reference_gold")))
+                    if got:
+                        rates.append(got["agreement"])
+            if rates and g.mean["kl"] is not None:
+                cells.setdefault(method, []).append(f"{g.strength_label} {_mean(rates):.2f} at {g.mean['kl']:.1f} nats")
+    return [f"- {m}: " + "; ".join(c) for m, c in cells.items()]
 
 
 def _mean(xs):
@@ -276,7 +296,12 @@ def main(argv=None) -> int:
                          f"{_mean(r['rival_kl']):.2f} | {r['win_rate']:.3f} | {r['ci95'][0]:.3f} to {r['ci95'][1]:.3f} | "
                          f"{r['n']} | {', '.join(r['rivals'])} |")
     per_method = ["## Per method (mean ± standard error: over seeds, or over prompts for one seed)", "",
-                  *method_lines(runs), ""]
+                  *method_lines(runs), "",
+                  "## Reward model against the gold judge on the trained policies' samples", "",
+                  "How often the shared reward model orders the (trained, initial) responses to a held-out prompt as VADER "
+                  "does, over the pairs VADER separates (mean over seeds; about 64 pairs a run, so ± about 0.05): "
+                  "it would fall as KL grows if the policies were exploiting the reward model.", "",
+                  *agreement_lines(runs), ""]
     text = report.read_text()
     first_break = text.index("\n") + 1
     report.write_text(text[:first_break] + "\n" + "\n".join(header) + "\n" + "\n".join(per_method) + "\n"
