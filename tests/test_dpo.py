@@ -134,6 +134,11 @@ def test_cli_dpo_from_yaml_with_override(tiny_model_dir, tmp_path, capsys):
     assert resolved["beta"] == 0.2 and resolved["optim"]["minibatch_prompts"] == 4
     assert [r["step"] for r in read_metrics(out)] == [0, 1, 2, 3]  # 12 training pairs / 4
     assert (out / "final" / "model.safetensors").exists()
+    # a separate evaluation file from the command line: all 16 pairs train, its 3 pairs are scored
+    held = write_jsonl(tmp_path / "held.jsonl", pairs(3, seed=1))
+    assert main(["dpo", "--config", str(path), "--data.eval-path", held, "--output-dir", str(tmp_path / "dpo2")]) == 0
+    metrics = read_metrics(tmp_path / "dpo2")
+    assert [r["step"] for r in metrics] == [0, 1, 2, 3, 4] and metrics[-1]["eval/examples"] == 3
     assert (out / "checkpoints" / "step_000003").exists()
     # a missing data file is a clean error (exit 2), not a traceback
     assert main(["dpo", "--config", str(path), "--data.path", str(tmp_path / "nope.jsonl")]) == 2

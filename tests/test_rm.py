@@ -120,6 +120,29 @@ def test_pairs_of_one_prompt_share_a_row_and_each_text_is_scored_once(tiny_model
     assert first["eval/examples"] == len(encoded[held[0]]["chosen"])
 
 
+def test_eval_path_scores_a_separate_file_and_every_row_trains(tiny_model_dir, tmp_path):
+    from rlcf.rewards import RewardSource
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs(16, seed=0))
+    held = pairs(6, seed=2)
+    cfg = rm_config(tiny_model_dir, data, tmp_path / "out", **{"optim.epochs": 1, "optim.minibatch_prompts": 4,
+                                                               "data.eval_path": write_jsonl(tmp_path / "held.jsonl", held)})
+    final = run_rm(cfg)
+    evals = [r for r in read_metrics(tmp_path / "out") if "eval/accuracy" in r]
+    # all 16 prompts train (4 steps of 4; with eval_fraction 0.25 it would be 3), the 6 pairs of the file are scored
+    assert [r["step"] for r in evals] == [0, 4] and evals[-1]["eval/examples"] == 6
+    scorer = RewardSource(model=str(final), batch_size=8)
+    prompts = [p["prompt"] for p in held]
+    wins = scorer(prompts, [p["chosen"] for p in held]) > scorer(prompts, [p["rejected"] for p in held])
+    assert evals[-1]["eval/accuracy"] == pytest.approx(float(wins.float().mean()))
+    # a bad row of the evaluation file is named by its file, before anything trains
+    write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "chosen": "b", "rejected": 3}])
+    cfg = rm_config(tiny_model_dir, data, tmp_path / "out2", **{"data.eval_path": str(tmp_path / "bad.jsonl")})
+    with pytest.raises(DataError, match=r"bad\.jsonl, row 1, field 'rejected'"):
+        run_rm(cfg)
+    assert not (tmp_path / "out2").exists()
+
+
 def test_score_is_read_at_the_last_real_token(tiny_model_dir_pad_eos, tmp_path):
     """Right-padded with a pad distinct from EOS, the pooled score is the head applied to the last token of the
     unpadded text (the template's closing EOS), whatever the padding around it."""

@@ -45,6 +45,17 @@ def test_sft_lowers_held_out_completion_nll(tiny_model_dir, tmp_path):
     assert (final / "model.safetensors").exists() and (Path(tmp_path / "out") / "config.yaml").exists()
 
 
+def test_eval_path_replaces_the_held_out_share(tiny_model_dir, tmp_path):
+    rows = mapping_rows()
+    data = write_jsonl(tmp_path / "sft.jsonl", rows)
+    held = write_jsonl(tmp_path / "held.jsonl", rows[:5])
+    run_sft(sft_config(tiny_model_dir, data, tmp_path / "out", **{"optim.epochs": 1, "data.eval_path": held}))
+    evals = [r for r in read_metrics(tmp_path / "out") if "eval/nll" in r]
+    # every row trains (16 / 4 = 4 steps, not 3) and the 5 rows of the file are the held-out ones
+    assert len(rows) == 16 and [r["step"] for r in evals] == [0, 4]
+    assert {r["eval/examples"] for r in evals} == {5}
+
+
 def test_loss_covers_completion_tokens_and_eos_only(tiny_model_dir, tmp_path):
     """The padded-batch loss equals the mean NLL of completion tokens (EOS included) computed row by row on
     unpadded sequences: prompt tokens and padding contribute nothing."""

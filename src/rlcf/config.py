@@ -295,6 +295,11 @@ class DataConfig:
     """Prompt + response tokens; a longer row is an error naming it."""
     eval_fraction: float = 0.05
     """Share held out to report the eval/ metrics (rm: whole prompts with all their pairs); 0 turns it off."""
+    eval_path: Optional[str] = None
+    """A separate file or hub dataset (same format and columns) for the eval/ metrics; when set, every row of path
+    trains and eval_fraction is not used."""
+    eval_split: str = "test"
+    """Split of a hub dataset given as eval_path."""
 
 
 @dataclass

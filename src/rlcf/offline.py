@@ -30,7 +30,9 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
     validate(cfg)  # before anything loads (also: no --data.path)
     set_seed(cfg.seed)
     # data are checked before the models are loaded, so bad input fails fast
-    rows = load_dpo_rows(cfg, load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code))
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    rows = load_dpo_rows(cfg, tokenizer)
+    eval_rows = load_dpo_rows(cfg, tokenizer, cfg.data.eval_path, cfg.data.eval_split) if cfg.data.eval_path else None
     run = claim_run(cfg)  # may the output folder be started or resumed? (before the model loads)
     models = build_models(cfg.model, critic_kind=None)
     pad_id = models.tokenizer.pad_token_id
@@ -52,13 +54,15 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
         models.tokenizer.save_pretrained(folder)
 
     stage = Stage(name="dpo", model=models, rows=rows, collate=collate, loss_fn=loss_fn, save=save,
-                  eval_fraction=cfg.data.eval_fraction)
+                  eval_fraction=cfg.data.eval_fraction, eval_rows=eval_rows)
     return run_stage(cfg, stage, run)
 
 
-def load_dpo_rows(cfg: DPOStageConfig, tokenizer) -> list[dict]:
-    """[{'prompt_ids', 'chosen_ids', 'rejected_ids'}] per pair, validated (errors name the file, row and field)."""
-    records = load_records(cfg.data.path, text=FIELDS, columns=cfg.data.columns, split=cfg.data.split)
+def load_dpo_rows(cfg: DPOStageConfig, tokenizer, path: str | None = None, split: str | None = None) -> list[dict]:
+    """[{'prompt_ids', 'chosen_ids', 'rejected_ids'}] per pair, validated (errors name the file, row and field).
+    path and split default to cfg.data's."""
+    path, split = path or cfg.data.path, split or cfg.data.split
+    records = load_records(path, text=FIELDS, columns=cfg.data.columns, split=split)
     col = {f: parse_columns(cfg.data.columns, FIELDS).get(f, f) for f in FIELDS}
     use_chat = use_chat_template(tokenizer, cfg.chat_template)
     out = []
@@ -67,7 +71,7 @@ def load_dpo_rows(cfg: DPOStageConfig, tokenizer) -> list[dict]:
         for side in ("chosen", "rejected"):
             row[f"{side}_ids"] = encode_response(tokenizer, rec[side])
             check_length(len(row["prompt_ids"]) + len(row[f"{side}_ids"]), cfg.data.max_length,
-                         f"{cfg.data.path}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
+                         f"{path}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
         out.append(row)
     return out
 

@@ -35,6 +35,7 @@ def run_rm(cfg: RMConfig) -> Path:
     set_seed(cfg.seed)
     tokenizer = load_rm_tokenizer(cfg.model, cfg.trust_remote_code)
     rows = load_rm_rows(cfg, tokenizer)  # checked before the model is loaded, so bad input fails fast
+    eval_rows = load_rm_rows(cfg, tokenizer, cfg.data.eval_path, cfg.data.eval_split) if cfg.data.eval_path else None
     run = claim_run(cfg)  # may the output folder be started or resumed? (before the model loads)
     model = load_rm_model(cfg, tokenizer)
 
@@ -43,7 +44,8 @@ def run_rm(cfg: RMConfig) -> Path:
         tokenizer.save_pretrained(folder)
 
     stage = Stage(name="rm", model=model, rows=rows, collate=lambda batch: rm_collate(batch, tokenizer.pad_token_id),
-                  loss_fn=rm_batch_loss, save=save, size=rm_pairs, eval_fraction=cfg.data.eval_fraction)
+                  loss_fn=rm_batch_loss, save=save, size=rm_pairs, eval_fraction=cfg.data.eval_fraction,
+                  eval_rows=eval_rows)
     return run_stage(cfg, stage, run)
 
 
@@ -99,19 +101,21 @@ def truncate_layers(config, n: int, name: str) -> None:
         config.layer_types = layer_types[:n]
 
 
-def load_rm_rows(cfg: RMConfig, tokenizer) -> list[dict]:
+def load_rm_rows(cfg: RMConfig, tokenizer, path: str | None = None, split: str | None = None) -> list[dict]:
     """One row per prompt: {'texts': [token ids of each distinct reward text], 'chosen': [i], 'rejected': [j],
     'margin'?: [m]}, one entry of chosen/rejected/margin per judged pair of that prompt, pairs in file order.
 
     Keeping a prompt's pairs in one row means a response judged in several pairs (`rlcf label` with K > 2) is
     scored once per step, not once per pair, and the held-out split never puts a response on both sides.
-    Texts are built as rewards.reward_texts builds them; every pair is validated (file, row, field)."""
+    Texts are built as rewards.reward_texts builds them; every pair is validated (file, row, field). path and
+    split default to cfg.data's."""
+    path, split = path or cfg.data.path, split or cfg.data.split
     fields = ("prompt", "chosen", "rejected")
     numbers = ("margin",) if cfg.data.margin_column else ()
     columns = cfg.data.columns
     if cfg.data.margin_column:
         columns = f"{columns},margin={cfg.data.margin_column}" if columns.strip() else f"margin={cfg.data.margin_column}"
-    records = load_records(cfg.data.path, text=fields, numbers=numbers, columns=columns, split=cfg.data.split)
+    records = load_records(path, text=fields, numbers=numbers, columns=columns, split=split)
     col = {f: parse_columns(cfg.data.columns, fields).get(f, f) for f in fields}
     prompts = [r["prompt"] for r in records]
     encoded = {}
@@ -125,7 +129,7 @@ def load_rm_rows(cfg: RMConfig, tokenizer) -> list[dict]:
             row.setdefault("margin", []).append(rec["margin"])
         for side in ("chosen", "rejected"):
             ids = tuple(encoded[side][i])
-            check_length(len(ids), cfg.data.max_length, f"{cfg.data.path}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
+            check_length(len(ids), cfg.data.max_length, f"{path}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
             if ids not in row["_index"]:
                 row["_index"][ids] = len(row["texts"])
                 row["texts"].append(list(ids))

@@ -40,6 +40,7 @@ def run_sft(cfg: SFTConfig) -> Path:
     # data are checked before the model is loaded, so bad input fails fast
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
     rows = load_sft_rows(cfg, tokenizer)
+    eval_rows = load_sft_rows(cfg, tokenizer, cfg.data.eval_path, cfg.data.eval_split) if cfg.data.eval_path else None
     run = claim_run(cfg)  # may the output folder be started or resumed? (before the model loads)
     lm = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
     lm = select_trainable(lm, cfg.model)  # what trains: models.py's reference modes
@@ -50,35 +51,37 @@ def run_sft(cfg: SFTConfig) -> Path:
         tokenizer.save_pretrained(folder)
 
     stage = Stage(name="sft", model=lm, rows=rows, collate=partial(sft_collate, pad_id=tokenizer.pad_token_id),
-                  loss_fn=sft_batch_loss, save=save, eval_fraction=cfg.data.eval_fraction)
+                  loss_fn=sft_batch_loss, save=save, eval_fraction=cfg.data.eval_fraction, eval_rows=eval_rows)
     return run_stage(cfg, stage, run)
 
 
-def load_sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
+def load_sft_rows(cfg: SFTConfig, tokenizer, path: str | None = None, split: str | None = None) -> list[dict]:
     """[{'prompt_ids': [...], 'completion_ids': [... EOS]}] per row, every row validated (errors name the file,
-    the row and the field)."""
+    the row and the field). path and split default to cfg.data's (data.eval_path and data.eval_split give the
+    evaluation rows)."""
+    path, split = path or cfg.data.path, split or cfg.data.split
     mapping = parse_columns(cfg.data.columns, FIELDS)
     if "messages" in mapping:
         as_messages = True
     elif "prompt" in mapping or "completion" in mapping:
         as_messages = False
     else:  # no mapping: the columns decide
-        first = load_rows(cfg.data.path, cfg.data.split)[:1]
+        first = load_rows(path, split)[:1]
         as_messages = bool(first) and "messages" in first[0] and "prompt" not in first[0]
     fields = ("messages",) if as_messages else ("prompt", "completion")
     col = {f: mapping.get(f, f) for f in fields}
     if as_messages:
-        records = load_records(cfg.data.path, messages=fields, columns=cfg.data.columns, split=cfg.data.split)
+        records = load_records(path, messages=fields, columns=cfg.data.columns, split=split)
     else:
-        records = load_records(cfg.data.path, text=fields, columns=cfg.data.columns, split=cfg.data.split)
+        records = load_records(path, text=fields, columns=cfg.data.columns, split=split)
     use_chat = use_chat_template(tokenizer, cfg.chat_template)
     if as_messages and not tokenizer.chat_template:
-        raise DataError(f"{cfg.data.path}: messages rows need a chat template, and this tokenizer has none; "
+        raise DataError(f"{path}: messages rows need a chat template, and this tokenizer has none; "
                         "use prompt/completion rows or a model with a chat template")
     out = []
     for i, rec in enumerate(records):
         if as_messages:
-            where = f"{cfg.data.path}, row {i + 1}, field '{col['messages']}'"
+            where = f"{path}, row {i + 1}, field '{col['messages']}'"
             messages = rec["messages"]
             if messages[-1]["role"] != "assistant" or len(messages) < 2:
                 raise DataError(f"{where}: the last message must be the assistant's reply, after at least one "
@@ -87,7 +90,7 @@ def load_sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
                 raise DataError(f"{where}: the last (assistant) message is empty; fill it in or remove the row")
             prompt, completion = messages[:-1], messages[-1]["content"]
         else:
-            where = f"{cfg.data.path}, row {i + 1}, fields '{col['prompt']}' + '{col['completion']}'"
+            where = f"{path}, row {i + 1}, fields '{col['prompt']}' + '{col['completion']}'"
             prompt, completion = rec["prompt"], rec["completion"]
         prompt_ids = encode_prompt(tokenizer, prompt, use_chat)
         completion_ids = encode_response(tokenizer, completion)

@@ -56,6 +56,9 @@ class Stage:
     """Writes the final model (and its tokenizer) into the given folder."""
     eval_fraction: float = 0.0
     """Share of the rows held out for the eval/ metrics (the command's data.eval_fraction)."""
+    eval_rows: list | None = None
+    """Rows of a separate evaluation file (data.eval_path): when given, all of `rows` train and these are scored
+    for the eval/ metrics instead of a held-out share."""
     size: Callable[[list], int] = len
     """How many examples a list of rows holds; held-out metrics are averaged with these weights (default: one
     per row; `rlcf rm` counts pairs, as a row holds all pairs of one prompt)."""
@@ -104,7 +107,11 @@ def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
     main = accelerator.is_main_process
 
     # 1. held-out split, and the length of the run in optimiser steps
-    train_idx, eval_idx = split_rows(len(stage.rows), stage.eval_fraction, cfg.seed)
+    if stage.eval_rows is None:
+        train_idx, eval_idx = split_rows(len(stage.rows), stage.eval_fraction, cfg.seed)
+        held = [stage.rows[i] for i in eval_idx]
+    else:
+        train_idx, held = list(range(len(stage.rows))), stage.eval_rows
     plan_args = (opt.minibatch_prompts, opt.grad_accum, accelerator.process_index, accelerator.num_processes)
     steps_per_epoch = len(epoch_plan(train_idx, 0, cfg.seed, *plan_args))
     if steps_per_epoch == 0:
@@ -132,15 +139,15 @@ def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
 
     def evaluate() -> dict[str, float]:
         # every process scores all held-out rows with the unwrapped model (no collectives, same numbers)
-        if not eval_idx:
+        if not held:
             return {}
         t0 = time.perf_counter()
         inner.eval()
         sums: dict[str, float] = {}
-        n = stage.size([stage.rows[i] for i in eval_idx])
+        n = stage.size(held)
         with torch.no_grad(), accelerator.autocast():
-            for s in range(0, len(eval_idx), opt.minibatch_prompts):
-                part = [stage.rows[i] for i in eval_idx[s : s + opt.minibatch_prompts]]
+            for s in range(0, len(held), opt.minibatch_prompts):
+                part = held[s : s + opt.minibatch_prompts]
                 _, m = stage.loss_fn(inner, to_device(stage.collate(part)))
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * stage.size(part)
@@ -148,7 +155,7 @@ def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
         record.update({"eval/examples": n, "perf/eval_s": time.perf_counter() - t0})
         return record
 
-    if start_step == 0 and eval_idx:
+    if start_step == 0 and held:
         log.write({"step": 0, "epoch": 0, **evaluate()}, advance=False)
 
     # 3. epochs x optimiser steps x minibatches
