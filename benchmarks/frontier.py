@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     rm_metrics = [json.loads(x) for x in (Path(base.rm.output_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rm_eval = [m for m in rm_metrics if "eval/accuracy" in m]
     rm_line = (f"held-out pairwise accuracy {rm_eval[-1]['eval/accuracy']:.3f} on {rm_eval[-1].get('eval/examples', '?')} "
-               "pairs (on fresh pairs of new prompts 0.678 ± 0.018: docs/rm_accuracy.md)" if rm_eval else "no held-out accuracy")
+               "pairs (on freshly labelled pairs: docs/rm_accuracy.md)" if rm_eval else "no held-out accuracy")
     device = f"CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU only"
     header = [
         "Commands (each a part of the grid; finished runs are reused):", "",
