@@ -11,8 +11,8 @@ head-to-head win-rates of P3O and APA against PPO at matched KL.
    learn; the frozen copies of those blocks are the reference) against the reward model (DPO: on the labelled
    pairs), then `rlcf eval` on the held-out demo prompts against the initial policy: VADER gold score, KL (k1,
    k3), win-rate, and the samples (eval.samples.jsonl)
-3. head-to-head: for every P3O / APA run, the PPO run (fixed or adaptive, same seed) whose KL is nearest; the
-   gold judge (VADER) compares their responses to the same held-out prompts; win-rates pooled over seeds with
+3. head-to-head: for every P3O / APA run, the PPO run (fixed or adaptive, same seed) whose KL is nearest, if
+   within a factor KL_WINDOW (1.5); the gold judge (VADER) compares their responses to the same held-out prompts; win-rates pooled over seeds with
    Wilson intervals
 4. the frontier table and plot (gold score against KL to the initial policy), the head-to-head table and one
    line per method, written to docs/frontier/ with the command and the wall time
@@ -63,6 +63,9 @@ METHODS = {
 }
 HEAD_TO_HEAD = ("p3o-v1", "p3o-v2", "apa")
 """Methods compared against PPO at matched KL."""
+KL_WINDOW = 1.5
+"""A run is compared with its nearest-KL PPO rival only when the larger KL is at most this factor of the smaller:
+further apart, the comparison is one of KL budgets, not of algorithms, and the run is listed as unmatched."""
 
 
 def _set(cfg, dotted: str, value) -> None:
@@ -86,18 +89,30 @@ def gold_by_prompt(run_dir: Path) -> dict[tuple[int, int], float]:
     return {(r["prompt_index"], r["sample"]): r["policy_gold"] for r in rows}
 
 
-def head_to_head(runs) -> list[dict]:
-    """Each P3O / APA run against the PPO run (fixed or adaptive KL, same seed) with the nearest eval KL: the gold
-    judge's outcome per held-out prompt (1 win, 0.5 tie, 0 loss), pooled over seeds per (method, strength)."""
+def kl_matched(a: float, b: float, window: float = KL_WINDOW) -> bool:
+    """Whether two KLs (nats) are within a factor `window` of each other (both must be positive)."""
+    return a > 0 and b > 0 and max(a, b) <= window * min(a, b)
+
+
+def head_to_head(runs, window: float = KL_WINDOW) -> tuple[list[dict], list[str]]:
+    """Each P3O / APA run against the PPO run (fixed or adaptive KL, same seed) with the nearest eval KL, if that KL
+    is within `window` of the run's: the gold judge's outcome per held-out prompt (1 win, 0.5 tie, 0 loss), pooled
+    over seeds per (method, strength). Also returns the runs left unpaired, with their nearest rival's KL."""
     ppo = [r for r in runs if r.algo in ("ppo", "ppo-adaptive") and r.final_kl is not None]
     rows: dict[tuple, dict] = {}
+    unmatched = []
     for r in runs:
         if r.algo not in HEAD_TO_HEAD or r.final_kl is None:
             continue
         rivals = [p for p in ppo if p.seed == r.seed]
         if not rivals:
+            unmatched.append(f"{r.algo} {r.strength_label} seed {r.seed} ({r.final_kl:.1f} nats): no PPO run yet")
             continue
-        rival = min(rivals, key=lambda p: abs(p.final_kl - r.final_kl))
+        rival = min(rivals, key=lambda p: abs(math.log(max(p.final_kl, 1e-9) / max(r.final_kl, 1e-9))))
+        if not kl_matched(r.final_kl, rival.final_kl, window):
+            unmatched.append(f"{r.algo} {r.strength_label} seed {r.seed} ({r.final_kl:.1f} nats): nearest PPO "
+                             f"{rival.algo} {rival.strength_label} at {rival.final_kl:.1f} nats")
+            continue
         mine, theirs = gold_by_prompt(r.path), gold_by_prompt(rival.path)
         outcomes = [1.0 if mine[k] > theirs[k] else 0.5 if mine[k] == theirs[k] else 0.0 for k in mine if k in theirs]
         row = rows.setdefault((r.algo, r.strength_label), {"method": r.algo, "strength": r.strength_label,
@@ -113,7 +128,7 @@ def head_to_head(runs) -> list[dict]:
         lo, hi = wilson_interval(rate, n)
         out.append({**{k: v for k, v in row.items() if k != "outcomes"}, "n": n, "win_rate": rate, "ci95": (lo, hi),
                     "seeds": len(row["kl"])})
-    return sorted(out, key=lambda x: (x["method"], x["strength"]))
+    return sorted(out, key=lambda x: (x["method"], x["strength"])), unmatched
 
 
 def agreement_lines(runs) -> list[str]:
@@ -284,17 +299,20 @@ def main(argv=None) -> int:
         + ("; missing: " + "; ".join(f"seed {sd}: {', '.join(ms)}" for sd, ms in missing.items()) + "." if missing else "."),
         "",
     ]
-    h2h = head_to_head(runs)
+    h2h, unmatched = head_to_head(runs)
     h2h_lines = ["## Head-to-head against PPO at matched KL", "",
-                 "For each run, the PPO run of the same seed (fixed or adaptive KL) with the nearest KL; VADER judges "
-                 "the two responses to each held-out prompt (ties 0.5). Pooled over seeds; Wilson 95% interval with "
-                 "n = prompts x seeds.", "",
+                 "For each run, the PPO run of the same seed (fixed or adaptive KL) with the nearest KL, if the larger "
+                 f"of the two KLs is at most {KL_WINDOW:g}x the smaller; VADER judges the two responses to each held-out "
+                 "prompt (ties 0.5). Pooled over seeds; Wilson 95% interval with n = prompts x seeds.", "",
                  "| method | strength | seeds | KL (nats) | PPO KL (nats) | win-rate vs PPO | 95% interval | n | PPO runs |",
                  "|---|---|---|---|---|---|---|---|---|"]
     for r in h2h:
         h2h_lines.append(f"| {r['method']} | {r['strength']} | {r['seeds']} | {_mean(r['kl']):.2f} | "
                          f"{_mean(r['rival_kl']):.2f} | {r['win_rate']:.3f} | {r['ci95'][0]:.3f} to {r['ci95'][1]:.3f} | "
                          f"{r['n']} | {', '.join(r['rivals'])} |")
+    if unmatched:
+        h2h_lines += ["", f"Runs with no PPO run of their seed within {KL_WINDOW:g}x their KL (not compared):", "",
+                      *[f"- {u}" for u in unmatched]]
     per_method = ["## Per method (mean ± standard error: over seeds, or over prompts for one seed)", "",
                   *method_lines(runs), "",
                   "## Reward model against the gold judge on the trained policies' samples", "",
