@@ -2,7 +2,7 @@
 KL), RLOO, GRPO, AWR and DPO, over seeds and KL strengths, sharing one reward model and one evaluation, and the
 head-to-head win-rates of P3O and APA against PPO at matched KL.
 
-  python benchmarks/frontier.py --shared runs/pipeline   # 3 seeds x 3 strengths x 9 methods (measured 2026-11-22 on 2 cores as two workers: 7-14 min an RL run, 13-15 for AWR, about 30 for DPO; about 16 h of run time in all, about half that as two workers)
+  python benchmarks/frontier.py --shared runs/pipeline   # 3 seeds x 3 strengths x 9 methods (measured 2026-11-22 on 2 cores, two workers side by side: 7-14 min an RL run, 13-15 for AWR, about 30 for DPO; about 16 h of compute for the grid, about half that in wall time)
   python benchmarks/frontier.py --seeds 0 --methods p3o-v1 ppo  # a part; finished runs are reused
 
 1. one labelled pair set and one reward model (the main job's label and rm stages, reused from --shared or
@@ -12,8 +12,8 @@ head-to-head win-rates of P3O and APA against PPO at matched KL.
    pairs), then `rlcf eval` on the held-out demo prompts against the initial policy: VADER gold score, KL (k1,
    k3), win-rate, and the samples (eval.samples.jsonl)
 3. head-to-head: for every P3O / APA run, the PPO run (fixed or adaptive, same seed) whose KL is nearest, if
-   within a factor KL_WINDOW (1.5); the gold judge (VADER) compares their responses to the same held-out prompts; win-rates pooled over seeds with
-   Wilson intervals
+   within a factor KL_WINDOW (1.5); the gold judge (VADER) compares their responses to the same held-out
+   prompts; win-rates pooled over seeds with Wilson intervals
 4. above or below PPO's frontier: each run's gold minus a quadratic in log KL fitted through its seed's PPO runs,
    at the run's own KL
 5. the frontier table and plot (gold score against KL to the initial policy), the head-to-head table and one
