@@ -73,10 +73,11 @@ def test_dpo_raises_the_margin_and_the_reference_stays_frozen(tiny_model_dir, tm
     models = capture_models[0]
     tok = load_tokenizer(tiny_model_dir)
     batch = dpo_collate(load_dpo_rows(dpo_config(tiny_model_dir, data, tmp_path), tok)[:4], tok.pad_token_id)
-    args = (batch["query_ids"], batch["query_mask"], batch["response_ids"], batch["response_mask"])
-    mask = batch["response_mask"].bool()
+    device = next(models.policy.parameters()).device  # the GPU, where the suite runs on a machine with one
+    args = tuple(batch[k].to(device) for k in ("query_ids", "query_mask", "response_ids", "response_mask"))
+    mask = args[3].bool()
     with torch.no_grad():
-        initial = response_logprobs(load_causal_lm(tiny_model_dir), *args)
+        initial = response_logprobs(load_causal_lm(tiny_model_dir).to(device), *args)
         ref = models.ref_logprobs(*args)
         policy = models(*args)[0]
     torch.testing.assert_close(ref[mask], initial[mask], rtol=1e-5, atol=1e-5)

@@ -62,11 +62,12 @@ def run_label(cfg: LabelConfig) -> Path:
     prompts = load_prompts(cfg.prompts, cfg.prompt_column)
     if cfg.max_prompts is not None:
         prompts = prompts[: cfg.max_prompts]
-    judge = RewardSource(cfg.judge, cfg.judge_model, trust_remote_code=cfg.model.trust_remote_code)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as `rlcf eval`: one process, the GPU when there is one
+    judge = RewardSource(cfg.judge, cfg.judge_model, device=device, trust_remote_code=cfg.model.trust_remote_code)
     torch.manual_seed(cfg.seed)
     noise = torch.Generator().manual_seed(cfg.seed + 1)
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    policy = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
+    policy = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code).to(device)
     policy.eval()
     eos = eos_token_ids(tokenizer, policy)
     backend = make_backend(cfg.rollout, policy, tokenizer, eos, resolve_model_path(cfg.model.name_or_path),
@@ -83,7 +84,7 @@ def run_label(cfg: LabelConfig) -> Path:
         # 2. K samples per prompt, on consecutive rows
         idx = list(range(start, min(start + per_call, len(prompts))))
         ids, mask = left_pad([prompt_ids[i] for i in idx for _ in range(k)], tokenizer.pad_token_id)
-        response_ids = backend.generate(ids, mask, cfg.rollout).response_ids
+        response_ids = backend.generate(ids.to(device), mask.to(device), cfg.rollout).response_ids.cpu()
         response_mask, truncated = response_mask_from_ids(response_ids, eos)
         texts = decode_responses(tokenizer, response_ids, response_mask)
         # 3. the judge's scores and its choice on each compared pair

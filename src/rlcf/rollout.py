@@ -138,6 +138,9 @@ class RolloutEngine:
     def complete(self, prompts, responses, query_ids, query_mask, response_ids, response_mask, truncated, raw, k,
                  timings, need_old: bool = True, hidden: Tensor | None = None) -> Rollout:
         """Preprocess the scores, then reference (and old, values) log-probs in bounded chunks."""
+        # a reward function's scores (and an offline file's rewards) arrive on the CPU; every tensor the update and
+        # the gathers across processes meet must sit on the model's device
+        raw = raw.to(response_ids.device)
         scores = raw.clone()
         if self.cfg.missing_eos_penalty is not None:
             scores = scores - self.cfg.missing_eos_penalty * truncated.float()
