@@ -62,6 +62,31 @@ def test_manifest_lists_every_file_with_size_and_sha256(tmp_path):
     assert load_checkpoint(ckpt, model, optimizer)["step"] == 3
 
 
+def test_resume_restores_the_cpu_and_the_cuda_generator(tmp_path, monkeypatch):
+    """On a GPU the responses are drawn from the CUDA generator: a resume that restored only the CPU one drew other
+    samples than the uninterrupted run (found on an H100). The CUDA calls are stood in for here, on the CPU."""
+    cuda_state = {"now": torch.tensor([7, 7, 7], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": cuda_state["now"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": cuda_state.update(now=state.clone()))
+    torch.manual_seed(5)
+    [ckpt] = save(tmp_path, 1)
+    expected_cpu = torch.rand(4)  # what the uninterrupted run draws next
+    cuda_state["now"] = torch.tensor([1, 2, 3], dtype=torch.uint8)  # the generators move on, the run is killed
+    torch.rand(10)
+    model, optimizer = tiny()
+    load_checkpoint(ckpt, model, optimizer)
+    assert torch.equal(cuda_state["now"], torch.tensor([7, 7, 7], dtype=torch.uint8))
+    assert torch.equal(torch.rand(4), expected_cpu)
+    # a checkpoint written on a CPU (or before the CUDA state was kept) leaves the CUDA generator alone
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    [cpu_ckpt] = save(tmp_path / "cpu", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cuda_state["now"] = torch.tensor([9], dtype=torch.uint8)
+    load_checkpoint(cpu_ckpt, *tiny())
+    assert torch.equal(cuda_state["now"], torch.tensor([9], dtype=torch.uint8))
+
+
 def test_truncated_newest_checkpoint_is_skipped_with_one_line(tmp_path, capsys):
     older, newer = save(tmp_path, 10, 20)
     weights = newer / "trainable.safetensors"

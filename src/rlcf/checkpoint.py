@@ -142,7 +142,9 @@ def save_checkpoint(out_dir: Path, step: int, models, optimizer, accelerator, tr
     final = root / f"step_{step:06d}"
     inner = accelerator.unwrap_model(models)
     full = accelerator.get_state_dict(models) if accelerator.num_processes > 1 else None
-    rng = [torch.get_rng_state()]
+    # the CPU generator, and on a GPU the CUDA one, which samples the responses there: a resumed run draws what
+    # the uninterrupted one would have drawn
+    rng = [(torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None)]
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
@@ -155,7 +157,8 @@ def save_checkpoint(out_dir: Path, step: int, models, optimizer, accelerator, tr
         with atomic_dir(final) as tmp:
             # named_parameters() lists a tied weight once, so safetensors never sees shared storage
             save_file(_trainable_state(inner, full), tmp / "trainable.safetensors")
-            torch.save({"optimizer": optimizer.state_dict(), "torch_rng": rng}, tmp / "optim.pt")
+            torch.save({"optimizer": optimizer.state_dict(), "torch_rng": [cpu for cpu, _ in rng],
+                        "cuda_rng": [gpu for _, gpu in rng]}, tmp / "optim.pt")
             (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
             write_manifest(tmp)  # last: it hashes the files as written
         if keep > 0:
@@ -225,6 +228,10 @@ def load_checkpoint(path: Path, models, optimizer, rank: int = 0) -> dict:
     rng = extra["torch_rng"]
     rng = rng if isinstance(rng, list) else [rng]
     torch.set_rng_state(rng[rank] if rank < len(rng) else rng[0])
+    cuda_rng = extra.get("cuda_rng") or [None]  # none in checkpoints written before it was kept, or on a CPU
+    cuda_rng = cuda_rng[rank] if rank < len(cuda_rng) else cuda_rng[0]
+    if cuda_rng is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda_rng)
     return trainer_state
 
 
