@@ -14,8 +14,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlcf.trainer import train
-from helpers import fixed_backend
 from helpers.common import read_metrics
 from test_trainer import tiny_config
 
@@ -30,14 +28,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(cfg, tmp_path: Path, name: str) -> subprocess.CompletedProcess:
+def _launch(cfg, tmp_path: Path, name: str, processes: int = 2) -> subprocess.CompletedProcess:
+    """helpers/fixed_backend.py on the CPU: through `accelerate launch` with the gloo config, or (processes=1)
+    as a plain process. The GPU, where there is one, is hidden from both: the config is for a machine without one."""
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(dataclasses.asdict(cfg)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(TESTS.parent / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
-           str(TESTS / "helpers" / "fixed_backend.py"), str(path)]
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    script = [str(TESTS / "helpers" / "fixed_backend.py"), str(path)]
+    cmd = [sys.executable, *script] if processes == 1 else [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(TESTS.parent / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
+        *script]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -51,10 +53,8 @@ def _config(model_dir, out, prompts_per_step, steps, save_every=0):
         "optim.epochs": 1, "p3o.variant": "v2", "save_every": save_every, "optim.lr": 1e-2})
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch_and_resume(tiny_model_dir, tmp_path,
-                                                                                monkeypatch):
-    fixed_backend.install(monkeypatch)
-    train(_config(tiny_model_dir, tmp_path / "one", 8, 3))
+def test_two_processes_match_one_process_with_the_same_global_batch_and_resume(tiny_model_dir, tmp_path):
+    _launch(_config(tiny_model_dir, tmp_path / "one", 8, 3), tmp_path, "one", processes=1)
     one = read_metrics(tmp_path / "one")
 
     # 2 processes x 4 prompts, stopped after step 2 (checkpoint), then resumed to step 3
