@@ -6,9 +6,9 @@ Run with the peer venv made by benchmarks/setup_trl.sh (TRL 1.16.0, same torch/t
     .bench/trl-venv/bin/python benchmarks/trl_rloo.py --steps 4 --warmup 1 --output benchmarks/trl_rloo.json
 
 Work per optimizer step: 16 prompts of rlcf's demo task x 2 samples = 32 completions of at most 48 new
-tokens (temperature 1, no top-p/top-k truncation), SmolLM2-135M-Instruct in float32 on CPU, full fine-tune,
-reward = rlcf.demo.task:reward, KL beta 0.05 against a frozen reference copy, one pass (num_iterations 1) and
-one optimizer update per step.
+tokens (temperature 1, no top-p/top-k truncation), SmolLM2-135M-Instruct in float32 on CPU (--device cuda and
+--dtype bfloat16 for a GPU), full fine-tune, reward = rlcf.demo.task:reward, KL beta 0.05 against a frozen
+reference copy, one pass (num_iterations 1) and one optimizer update per step.
 
 Where the time goes in TRL 1.16 (checked against its source): Trainer._run_epoch fires on_step_begin, then
 calls RLOOTrainer.training_step -> Trainer.training_step -> RLOOTrainer._prepare_inputs, which (every
@@ -140,6 +140,9 @@ def main():
     ap.add_argument("--optim", default="adamw_torch_fused",
                     help="Trainer optimizer; adamw_torch_fused (TRL's default) = torch's fused AdamW, as rlcf uses")
     ap.add_argument("--model", default=MODEL_DIR)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="the weights' dtype (policy and reference); no autocast, as rlcf's --model.dtype")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -163,8 +166,8 @@ def main():
     config = RLOOConfig(
         output_dir=out_dir,
         # model / precision / device
-        model_init_kwargs={"dtype": "float32"},  # the policy (and the reference, built from the same kwargs)
-        use_cpu=True,
+        model_init_kwargs={"dtype": args.dtype},  # the policy (and the reference, built from the same kwargs)
+        use_cpu=args.device == "cpu",
         bf16=False,  # TRL's base config turns bf16 ON by default when fp16 is off
         fp16=False,
         # TRL's base config turns gradient_checkpointing ON by default; transformers 5.23 renamed it
@@ -223,6 +226,7 @@ def main():
     trainer.train()
     t_train = time.perf_counter() - t_train0
     peak = rss_gb()
+    peak_gpu = torch.cuda.max_memory_allocated() / 1e9 if args.device == "cuda" else None
 
     step_logs = [lg for lg in recorder.logs if "train_runtime" not in lg]
     summary_log = next((lg for lg in recorder.logs if "train_runtime" in lg), {})
@@ -243,6 +247,7 @@ def main():
         "completions_per_s": completions_per_step / statistics.fmean(measured),
         "step_end_to_end_s": recorder.step_end_to_end_s,
         "peak_rss_gb": peak,
+        "peak_gpu_gb": peak_gpu,
         "rss_gb_after_trainer_init": rss_after_init,
         "rss_gb_at_step_end": recorder.rss_gb_at_step_end,
         "trl_version": trl.__version__,
@@ -270,7 +275,7 @@ def main():
         "trl_train_summary": summary_log,
         "config": {
             "model": args.model,
-            "dtype": "float32",
+            "dtype": args.dtype,
             "device": str(config.device),
             "prompts": f"rlcf.demo.task.load_prompts('train')[:{n_prompts}] as [{{'role':'user','content':p}}]",
             "n_prompts": n_prompts,
