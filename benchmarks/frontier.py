@@ -2,7 +2,7 @@
 KL), RLOO, GRPO, AWR and DPO, over seeds and KL strengths, sharing one reward model and one evaluation, and the
 head-to-head win-rates of P3O and APA against PPO at matched KL.
 
-  python benchmarks/frontier.py --shared runs/pipeline   # 3 seeds x 3 strengths x 9 methods (measured 2026-11-22 on 2 cores, two workers side by side: 7-15 min an RL run, 13-15 for AWR, about 30 for DPO; about 16 h of compute for the grid, about half that in wall time)
+  python benchmarks/frontier.py --shared runs/pipeline   # 3 seeds x 3 strengths x 9 methods (measured 2026-11-22 on 2 cores, two workers side by side: 7-15 min an RL run, 12-17 for AWR, about 30 for DPO; 1133 min of compute for the whole grid as its report sums it)
   python benchmarks/frontier.py --seeds 0 --methods p3o-v1 ppo  # a part; finished runs are reused
 
 1. one labelled pair set and one reward model (the main job's label and rm stages, reused from --shared or
