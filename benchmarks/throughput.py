@@ -6,8 +6,8 @@ bare compute, on the same work, in one run. Writes a Markdown table (and the raw
 The work of one step, the same on every row: 16 prompts of the demo task (train split, chat template) x 2
 samples = 32 responses of at most 48 new tokens (temperature 1, no top-k/top-p), SmolLM2-135M-Instruct in float32
 on the CPU (by default; see below), the demo task's reward, KL beta 0.05 against the frozen initial policy, one
-optimizer update (AdamW, lr 3e-5) per step with the rollout used once. rlcf runs P3O V2 with epochs 1 and one minibatch; TRL runs
-RLOOTrainer with num_iterations 1 (benchmarks/trl_rloo.py, in its own environment made by
+optimizer update (AdamW, lr 3e-5) per step with the rollout used once. rlcf runs P3O V2 with epochs 1 and one
+minibatch; TRL runs RLOOTrainer with num_iterations 1 (benchmarks/trl_rloo.py, in its own environment made by
 benchmarks/setup_trl.sh: torch 2.13.0, transformers as rlcf's, trl 1.16.0); the bare compute is plain torch and
 transformers: generate, one reference forward, one policy forward + backward + AdamW step.
 
