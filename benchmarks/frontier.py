@@ -43,7 +43,7 @@ from rlcf.cli import preset
 from rlcf.config import DataConfig, DPOStageConfig
 from rlcf.evaluate import reward_gold_agreement, run_eval, wilson_interval
 from rlcf.label import run_label
-from rlcf.offline import run_dpo
+from rlcf.dpo import run_dpo
 from rlcf.pipeline import wire
 from rlcf.plot import aggregate, collect_runs, write_report
 from rlcf.rm import run_rm

@@ -31,7 +31,7 @@ from rlcf.config import LabelConfig
 from rlcf.data import load_prompts
 from rlcf.label import run_label
 from rlcf.rewards import RewardSource
-from rlcf.stages import split_rows
+from rlcf.train.supervised import split_rows
 
 GAPS = ((0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 1.0), (1.0, 2.0))
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlcf.judges import JudgeError, LLMJudge, public_url, request_url
+from rlcf.rewards.judges import JudgeError, LLMJudge, public_url, request_url
 from rlcf.rewards import RewardError, RewardScaler, RewardSource, check_scores, load_callable
 from test_judges import completion
 from test_judges import endpoint  # noqa: F401  (the fixture: a local chat-completions server)

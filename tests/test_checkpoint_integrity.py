@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlcf.checkpoint import (CHECKPOINTS, MANIFEST, latest_checkpoint, load_checkpoint, save_checkpoint,
+from rlcf.train.checkpoint import (CHECKPOINTS, MANIFEST, latest_checkpoint, load_checkpoint, save_checkpoint,
                              truncate_metrics)
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from rlcf.config import DataConfig, DPOStageConfig
 from rlcf.data import DataError
-from rlcf.offline import dpo_collate, load_dpo_rows, run_dpo
+from rlcf.dpo import dpo_collate, load_dpo_rows, run_dpo
 from helpers.common import override, read_metrics, write_jsonl
 
 GOOD = ["good", "great", "wonderful", "amazing", "happy", "lovely", "bright", "sunny"]
@@ -36,16 +36,16 @@ def dpo_config(model_dir, data, out, **over) -> DPOStageConfig:
 @pytest.fixture()
 def capture_models(monkeypatch):
     """The PolicyModels run_dpo builds, kept for inspection after the run."""
-    import rlcf.models
+    import rlcf.dpo
 
     built = []
-    original = rlcf.models.build_models
+    original = rlcf.dpo.build_models
 
     def build(*args, **kwargs):
         built.append(original(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(rlcf.models, "build_models", build)
+    monkeypatch.setattr(rlcf.dpo, "build_models", build)
     return built
 
 

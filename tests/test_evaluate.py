@@ -14,9 +14,9 @@ from rlcf.config import EvalConfig, JudgeConfig, RolloutConfig
 from rlcf.data import left_pad
 from rlcf.evaluate import (evaluate, mean_stderr, reward_gold_agreement, run_eval, sequence_kls, token_logprobs,
                            wilson_interval, win_rate_summary)
-from rlcf.judges import ScoreJudge
+from rlcf.rewards.judges import ScoreJudge
 from rlcf.generation import HFBackend
-from rlcf.rollout import response_mask_from_ids
+from rlcf.train.rollout import response_mask_from_ids
 
 PAD, EOS, VOCAB, T = 0, 1, 6, 3
 PROMPTS = [[2, 3, 4], [5, 2]]  # different lengths, so the batch is left-padded

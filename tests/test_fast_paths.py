@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import rlcf.models as models_mod
+import rlcf.models.logprobs as models_mod
 import rlcf.trainer as trainer_mod
 from rlcf.config import ModelConfig, RolloutConfig
 from rlcf.data import left_pad
 from rlcf.generation import HFBackend
 from rlcf.models import build_models, token_logprobs
-from rlcf.rollout import eos_token_ids, response_mask_from_ids
+from rlcf.train.rollout import eos_token_ids, response_mask_from_ids
 from rlcf.trainer import train
 from helpers.common import read_metrics
 from test_trainer import tiny_config

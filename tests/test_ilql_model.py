@@ -9,10 +9,10 @@ import torch
 
 from rlcf.config import RolloutConfig
 from rlcf.generation import HFBackend, decode, plain_generation_config
-from rlcf.ilql import ILQLDecoding, ILQLHeads, ILQLModel, load_ilql, save_ilql
+from rlcf.models.ilql import ILQLDecoding, ILQLHeads, ILQLModel, load_ilql, save_ilql
 from rlcf.models import (ModelError, load_causal_lm, load_tokenizer, response_logprobs, sequence_inputs,
                          token_logprobs)
-from rlcf.rollout import eos_token_ids
+from rlcf.train.rollout import eos_token_ids
 
 
 def _lm(path):

@@ -9,7 +9,8 @@ import shutil
 import pytest
 from test_offline_rl import DRY, VOWELLY, mean_seq_logprob, offline_config, write_offline_data
 
-from rlcf.trainer import load_offline_rows, train
+from rlcf.train.offline import load_offline_rows
+from rlcf.trainer import train
 
 
 def _gap(model_dir):

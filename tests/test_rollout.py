@@ -12,7 +12,7 @@ from rlcf.config import ModelConfig
 from rlcf.data import left_pad
 from rlcf.models import build_models, load_causal_lm, load_tokenizer
 from rlcf.rewards import RewardScaler, RewardSource
-from rlcf.rollout import last_token_index, response_mask_from_ids
+from rlcf.train.rollout import last_token_index, response_mask_from_ids
 
 
 def test_response_mask_stops_at_first_eos_and_flags_truncation():

@@ -11,7 +11,7 @@ from helpers.common import read_metrics, write_jsonl
 from test_offline_rl import offline_config, write_offline_data
 from test_trainer import tiny_config
 
-from rlcf.offline import run_dpo
+from rlcf.dpo import run_dpo
 from rlcf.rm import run_rm
 from rlcf.sft import run_sft
 from rlcf.trainer import train

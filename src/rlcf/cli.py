@@ -7,14 +7,28 @@ the user as one line; `--debug` (or RLCF_DEBUG=1) shows the traceback instead.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from importlib.resources import files
 from pathlib import Path
 
+import tyro
 import yaml
 
-from .config import (DPOStageConfig, EvalConfig, LabelConfig, PipelineConfig, PlotConfig, RMConfig, SFTConfig,
-                     TrainConfig, from_dict)
+from .config import (
+    DPOStageConfig,
+    EvalConfig,
+    LabelConfig,
+    PipelineConfig,
+    PlotConfig,
+    RMConfig,
+    SFTConfig,
+    TrainConfig,
+    from_dict,
+)
+from .train.safety import RunStopped
+from .validate import check_types, validate
 
 # command -> (config dataclass, one line of help, runner "module:function" taking the config)
 COMMANDS = {
@@ -23,7 +37,7 @@ COMMANDS = {
     "sft": (SFTConfig, "supervised fine-tuning on prompt/completion or messages data", "rlcf.sft:run_sft"),
     "rm": (RMConfig, "reward model from (prompt, chosen, rejected) pairs, Bradley-Terry loss", "rlcf.rm:run_rm"),
     "dpo": (DPOStageConfig, "DPO on (prompt, chosen, rejected) pairs against the frozen initial policy",
-            "rlcf.offline:run_dpo"),
+            "rlcf.dpo:run_dpo"),
     "label": (LabelConfig, "sample K responses per prompt from a policy and let a judge compare them in pairs",
               "rlcf.label:run_label"),
     "eval": (EvalConfig, "reward, gold score, KL to the reference, length and win-rate of a policy",
@@ -56,8 +70,6 @@ PRESETS = {"pipeline": "pipeline.yaml"}
 
 def preset(command: str):
     """The config `rlcf COMMAND` starts from: its preset from rlcf/presets/, else the dataclass defaults."""
-    from importlib.resources import files
-
     cls = COMMANDS[command][0]
     if command not in PRESETS:
         return cls()
@@ -76,7 +88,6 @@ def load_config(cls, path: str | None, base=None):
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise SystemExit(f"rlcf: {path} is not valid YAML: {e}")
-    from .validate import check_types
 
     try:
         return check_types(from_dict(cls, data, where=str(path), base=base), yaml_file=str(path))
@@ -85,8 +96,6 @@ def load_config(cls, path: str | None, base=None):
 
 
 def parse(command: str, argv: list[str]):
-    import tyro
-
     cls, doc, _ = COMMANDS[command]
     path, rest = _split_config_flag(argv)
     default = load_config(cls, path, base=preset(command))
@@ -114,10 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlcf: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
     cfg = parse(command, rest)
-    import importlib
-
-    from .safety import RunStopped
-    from .validate import validate
 
     module, _, fn = COMMANDS[command][2].partition(":")
     try:

@@ -6,8 +6,10 @@ Defaults are the seeds' (see ALGORITHMS.md) unless a field says otherwise.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 
@@ -531,6 +533,24 @@ class PipelineConfig:
     rm: RMConfig = field(default_factory=RMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def wire(cfg: PipelineConfig) -> PipelineConfig:
+    """The stage configs with the paths between stages filled in (the user's values for these are replaced)."""
+    cfg = copy.deepcopy(cfg)
+    out = Path(cfg.output_dir)
+    cfg.label.model = copy.deepcopy(cfg.train.model)
+    cfg.label.output = str(out / "label" / "pairs.jsonl")
+    cfg.rm.data.path = cfg.label.output
+    cfg.rm.output_dir = str(out / "rm")
+    cfg.train.reward.model = str(out / "rm" / "final")
+    cfg.train.output_dir = str(out / "train")
+    cfg.eval.model = str(out / "train" / "final")
+    cfg.eval.reference = cfg.train.model.name_or_path
+    cfg.eval.dtype = cfg.train.model.dtype
+    cfg.eval.reward_model = cfg.train.reward.model
+    cfg.eval.output = str(out / "train" / "eval.json")  # beside the run's metrics, where `rlcf plot` looks
+    return cfg
 
 
 def to_dict(cfg) -> dict:

@@ -35,13 +35,19 @@ import torch
 from torch import Tensor
 
 from .config import EvalConfig, RolloutConfig
-from .data import DataError, Prompt, left_pad, load_prompts, prepare_prompts
-from .generation import GenerationBackend, HFBackend, eval_mode, make_backend
-from .judges import Judge, make_judge, public_url
+from .data.loading import Prompt, load_prompts, prepare_prompts
+from .data.tokens import left_pad
+from .errors import DataError
+from .generation import make_backend
+from .generation.base import GenerationBackend, eval_mode
+from .generation.hf import HFBackend
 from .kl import sequence_kl
-from .models import load_causal_lm, load_tokenizer, resolve_model_path, response_logprobs
-from .rewards import RewardSource, check_scores, load_callable
-from .rollout import eos_token_ids, response_mask_from_ids
+from .models.hub import load_tokenizer, resolve_model_path
+from .models.load import load_causal_lm
+from .models.logprobs import response_logprobs
+from .rewards.judges import Judge, make_judge, public_url
+from .rewards.sources import RewardSource, check_scores, load_callable
+from .train.rollout import eos_token_ids, response_mask_from_ids
 
 Scorer = Callable[[list[str], list[str]], Sequence[float]]
 

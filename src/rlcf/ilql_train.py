@@ -1,6 +1,6 @@
 """`rlcf train --algo ilql --offline-data FILE`: ILQL on fixed rows, through the supervised loop.
 
-ILQL learns from a fixed dataset, so its loop is the supervised one (stages.run_stage: held-out split, epochs x
+ILQL learns from a fixed dataset, so its loop is the supervised one (train/supervised.py: held-out split, epochs x
 minibatches, checkpoints and exact resume, the non-finite guard, signals): `optim.epochs` passes over the rows
 in minibatches of `optim.minibatch_prompts` rows (`steps` and `rollout.prompts_per_step` are not used). Each row
 is (prompt, response, reward); rewards are standardised over the dataset (as trlX does) and sit on the
@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
+from accelerate.utils import set_seed
 
-from .checkpoint import latest_checkpoint
-from .config import TrainConfig, to_dict
-from .data import left_pad, tokenize_prompts
-from .models import load_causal_lm, load_tokenizer
-from .stages import Stage, claim_run, right_pad, run_stage
+from .config import TrainConfig
+from .data.loading import Prompt, tokenize_prompts
+from .data.tokens import left_pad, right_pad, tokenize_responses
+from .losses.ilql import ilql_loss
+from .models.hub import load_tokenizer
+from .models.ilql import ILQLModel, save_ilql
+from .models.load import load_causal_lm
+from .models.reference import make_reference
+from .train.checkpoint import latest_checkpoint
+from .train.offline import load_offline_rows
+from .train.supervised import Stage, StageConfig, claim_run, run_stage
 from .validate import validate
 
 
@@ -42,18 +48,12 @@ def token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Te
 
 
 def run_ilql(cfg: TrainConfig) -> Path:
-    from accelerate.utils import set_seed
-
-    from .ilql import ILQLModel, save_ilql
-    from .losses.ilql import ilql_loss
-    from .trainer import load_offline_rows, tokenize_responses
-
     validate(cfg)
     set_seed(cfg.seed)
     # data first (before any model loads): rows, then their tokens
     rows = load_offline_rows(cfg)
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    prompts = [SimpleNamespace(text=r["prompt"], chat=None) for r in rows]
+    prompts = [Prompt(text=r["prompt"], chat=None) for r in rows]
     prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template,
                                   cfg.offline_data)
     response_ids = tokenize_responses([r["response"] for r in rows], tokenizer, cfg.rollout.max_new_tokens,
@@ -67,8 +67,7 @@ def run_ilql(cfg: TrainConfig) -> Path:
     run = claim_run(cfg)
 
     lm = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code, ilql_decoding=False)
-    blocks = cfg.model.trainable_blocks if cfg.model.reference == "top_blocks" else None
-    model = ILQLModel(lm, two_qs=cfg.ilql.two_qs, trainable_blocks=blocks)
+    model = ILQLModel(lm, two_qs=cfg.ilql.two_qs, trainable_blocks=make_reference(cfg.model).top_blocks)
     icfg = cfg.ilql
     # the targets are not trained, so not checkpointed: a resumed run restarts them as copies of its Q heads
     updates = {"n": 0, "resumed": cfg.resume and latest_checkpoint(Path(cfg.output_dir)) is not None}
@@ -88,10 +87,9 @@ def run_ilql(cfg: TrainConfig) -> Path:
     def save(folder: Path) -> None:
         save_ilql(model, tokenizer, folder, icfg.beta, dataclasses.asdict(icfg))
 
-    stage_cfg = SimpleNamespace(optim=dataclasses.replace(cfg.optim, grad_accum=1), seed=cfg.seed,
-                                output_dir=cfg.output_dir, save_every=cfg.save_every, resume=cfg.resume,
-                                progress=cfg.progress, report_to=cfg.report_to, tracker_config=to_dict(cfg),
-                                command="rlcf train --algo ilql")
+    # one minibatch per optimiser step: the Polyak target update counts optimiser steps
+    stage_cfg = dataclasses.replace(StageConfig.of(cfg, command="rlcf train --algo ilql"),
+                                    optim=dataclasses.replace(cfg.optim, grad_accum=1))
     stage = Stage(name="ilql", model=model, rows=examples, collate=lambda rs: _collate(rs, tokenizer.pad_token_id),
                   loss_fn=loss_fn, save=save, eval_fraction=0.05)
     return run_stage(stage_cfg, stage, run)

@@ -20,11 +20,13 @@ from pathlib import Path
 import torch
 
 from .config import LabelConfig, to_dict
-from .data import left_pad, load_prompts, prepare_prompts
+from .data.loading import load_prompts, prepare_prompts
+from .data.tokens import left_pad
 from .generation import make_backend
-from .models import load_causal_lm, load_tokenizer, resolve_model_path
-from .rewards import RewardSource
-from .rollout import decode_responses, eos_token_ids, response_mask_from_ids
+from .models.hub import load_tokenizer, resolve_model_path
+from .models.load import load_causal_lm
+from .rewards.sources import RewardSource
+from .train.rollout import decode_responses, eos_token_ids, response_mask_from_ids
 
 
 def bradley_terry_choice(s1: torch.Tensor, s2: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:

@@ -13,13 +13,17 @@ changed setting reruns only what it affects.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
 from pathlib import Path
 
-from .config import PipelineConfig, PlotConfig, to_dict
+from .config import PipelineConfig, PlotConfig, to_dict, wire
+from .evaluate import run_eval, wilson_interval
+from .label import run_label
+from .plot import run_plot
+from .rm import run_rm
+from .trainer import train
 
 STAMP = ".rlcf-stage.json"
 
@@ -44,31 +48,7 @@ def _stamp(folder: Path, fingerprint: str, done: bool, seconds: float = 0.0) -> 
     (folder / STAMP).write_text(json.dumps({"fingerprint": fingerprint, "done": done, "seconds": seconds}))
 
 
-def wire(cfg: PipelineConfig) -> PipelineConfig:
-    """The stage configs with the paths between stages filled in (the user's values for these are replaced)."""
-    cfg = copy.deepcopy(cfg)
-    out = Path(cfg.output_dir)
-    cfg.label.model = copy.deepcopy(cfg.train.model)
-    cfg.label.output = str(out / "label" / "pairs.jsonl")
-    cfg.rm.data.path = cfg.label.output
-    cfg.rm.output_dir = str(out / "rm")
-    cfg.train.reward.model = str(out / "rm" / "final")
-    cfg.train.output_dir = str(out / "train")
-    cfg.eval.model = str(out / "train" / "final")
-    cfg.eval.reference = cfg.train.model.name_or_path
-    cfg.eval.dtype = cfg.train.model.dtype
-    cfg.eval.reward_model = cfg.train.reward.model
-    cfg.eval.output = str(out / "train" / "eval.json")  # beside the run's metrics, where `rlcf plot` looks
-    return cfg
-
-
 def run_pipeline(cfg: PipelineConfig) -> Path:
-    from .evaluate import run_eval
-    from .label import run_label
-    from .plot import run_plot
-    from .rm import run_rm
-    from .trainer import train
-
     cfg = wire(cfg)
     out = Path(cfg.output_dir)
     stages = [
@@ -114,8 +94,6 @@ def _forget_stale_run(folder: Path) -> None:
 
 
 def _summary(cfg: PipelineConfig, times: dict, total_s: float) -> dict:
-    from .evaluate import wilson_interval
-
     label = json.loads(Path(cfg.label.output).with_suffix(".summary.json").read_text())
     rm_metrics = [json.loads(x) for x in (Path(cfg.rm.output_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rm_eval = [m for m in rm_metrics if "eval/accuracy" in m]

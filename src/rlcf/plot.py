@@ -28,6 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import yaml
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from .losses.registry import ALGORITHMS
+
 METRIC_KEYS = {"reward": "reward/mean", "gold": "gold/mean", "kl": "kl/k1_seq"}
 """Per-step metrics.jsonl keys behind each final value."""
 
@@ -147,7 +153,6 @@ def _read_config(folder: Path) -> dict:
     path = Path(folder) / "config.yaml"
     if not path.exists():
         return {}
-    import yaml
 
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -164,7 +169,6 @@ def _algo_and_strength(cfg: dict) -> tuple[str, Optional[str], Optional[float]]:
         if isinstance(cfg.get("model"), str):
             return "rm", None, None
         return ("sft", None, None) if "data" in cfg else ("unknown", None, None)
-    from .losses.registry import ALGORITHMS
 
     section = cfg.get(algo) if isinstance(cfg.get(algo), dict) else {}
     row = ALGORITHMS.get(algo)  # the registry row says which field is the strength and what names a variant
@@ -256,8 +260,6 @@ def frontier_metric(runs: list[RunSummary]) -> str:
 # ---------------------------------------------------------------- plots
 
 def _figure(ncols: int = 1):
-    from matplotlib.figure import Figure  # no pyplot: no display, no global state
-
     fig = Figure(figsize=(6.4 * ncols, 4.2), layout="constrained")
     return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
 
@@ -299,7 +301,6 @@ def plot_frontier(groups: list[GroupSummary], metric: str, path: Path) -> Option
     if not points:
         return None
     fig, (ax,) = _figure()
-    from matplotlib import colormaps
 
     colors = colormaps["tab10"]
     for i, algo in enumerate(sorted({g.algo for g in points})):

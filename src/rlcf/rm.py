@@ -16,21 +16,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from .config import RMConfig
-from .data import check_length, load_records, parse_columns
-from .losses import bradley_terry_loss
-from .rewards import reward_texts
-from .stages import Stage, claim_run, right_pad, run_stage
+from .data.loading import check_length, load_records, parse_columns
+from .data.tokens import right_pad
+from .losses.reward import bradley_terry_loss
+from .models.hub import DTYPES, resolve_model_path
+from .rewards.sources import reward_texts
+from .train.supervised import Stage, claim_run, run_stage
 from .validate import validate
 
 PAD_TOKEN = "<|pad|>"
 
 def run_rm(cfg: RMConfig) -> Path:
     """Train a reward model on cfg.data.path; returns the folder of the final model (OUTPUT_DIR/final)."""
-    from accelerate.utils import set_seed
-
     validate(cfg)  # before anything loads (also: no --data.path)
     set_seed(cfg.seed)
     tokenizer = load_rm_tokenizer(cfg.model, cfg.trust_remote_code)
@@ -51,10 +53,6 @@ def run_rm(cfg: RMConfig) -> Path:
 
 def load_rm_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """The backbone's tokenizer, right-padded, with a pad token distinct from EOS (added if needed)."""
-    from transformers import AutoTokenizer
-
-    from .models import resolve_model_path
-
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "right"
     pads_with_eos = tokenizer.eos_token is not None and tokenizer.pad_token_id == tokenizer.eos_token_id
@@ -66,10 +64,6 @@ def load_rm_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 def load_rm_model(cfg: RMConfig, tokenizer) -> nn.Module:
     """A one-label sequence classifier on the backbone (its first cfg.num_layers blocks), pad id set, its
     embeddings resized if the tokenizer grew a pad token. The new score head is initialised from cfg.seed."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from .models import DTYPES, resolve_model_path
-
     path = resolve_model_path(cfg.model)
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, num_labels=1)
     if cfg.num_layers is not None:

@@ -17,13 +17,19 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from accelerate.utils import set_seed
 from torch import Tensor, nn
 
 from .config import SFTConfig
-from .data import DataError, check_length, left_pad, load_records, load_rows, parse_columns
-from .losses import sft_loss
-from .models import response_logprobs, select_trainable
-from .stages import Stage, claim_run, encode_prompt, encode_response, right_pad, run_stage, use_chat_template
+from .data.loading import check_length, load_records, load_rows, parse_columns
+from .data.tokens import encode_prompt, encode_response, left_pad, right_pad, use_chat_template
+from .errors import DataError
+from .losses.sft import sft_loss
+from .models.hub import load_tokenizer
+from .models.load import load_causal_lm
+from .models.logprobs import response_logprobs
+from .models.reference import select_trainable
+from .train.supervised import Stage, claim_run, run_stage
 from .validate import validate
 
 FIELDS = ("prompt", "completion", "messages")
@@ -31,10 +37,6 @@ FIELDS = ("prompt", "completion", "messages")
 
 def run_sft(cfg: SFTConfig) -> Path:
     """Fine-tune cfg.model on cfg.data.path; returns the folder of the final model (OUTPUT_DIR/final)."""
-    from accelerate.utils import set_seed
-
-    from .models import load_causal_lm, load_tokenizer
-
     validate(cfg)  # before anything loads (also: no --data.path)
     set_seed(cfg.seed)
     # data are checked before the model is loaded, so bad input fails fast
@@ -43,11 +45,10 @@ def run_sft(cfg: SFTConfig) -> Path:
     eval_rows = load_sft_rows(cfg, tokenizer, cfg.data.eval_path, cfg.data.eval_split) if cfg.data.eval_path else None
     run = claim_run(cfg)  # may the output folder be started or resumed? (before the model loads)
     lm = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
-    lm = select_trainable(lm, cfg.model)  # what trains: models.py's reference modes
+    lm, mode = select_trainable(lm, cfg.model)  # what trains: the reference mode's choice (models/reference.py)
 
     def save(folder: Path) -> None:
-        final = lm.merge_and_unload() if cfg.model.reference == "lora" else lm
-        final.save_pretrained(folder)
+        mode.export(lm).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
     stage = Stage(name="sft", model=lm, rows=rows, collate=partial(sft_collate, pad_id=tokenizer.pad_token_id),

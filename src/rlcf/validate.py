@@ -15,10 +15,10 @@ import typing
 from typing import Any, Literal, Union
 
 from . import config as C
-
-
-class ConfigError(ValueError):
-    """A config value the user can fix; the message names the option and what is allowed."""
+from .config import wire
+from .errors import ConfigError
+from .losses.registry import ALGORITHMS, offline_algorithms
+from .trackers import trackers
 
 
 def _option(path: str) -> str:
@@ -174,8 +174,6 @@ def check_ranges(cfg, where: str = "") -> None:
 def check_rules(cfg) -> None:
     """The rules between fields."""
     if isinstance(cfg, C.TrainConfig):
-        from .losses.registry import ALGORITHMS, offline_algorithms
-
         k, row = cfg.rollout.group_size, ALGORITHMS.get(cfg.algo)
         if cfg.offline_data is None and row is not None and k < row.min_group:
             raise ConfigError(f"--rollout.group-size={k}: --algo {cfg.algo} needs at least {row.min_group} responses "
@@ -204,7 +202,6 @@ def check_rules(cfg) -> None:
         if not cfg.judge and not cfg.judge_model:
             raise ConfigError("no judge: set --judge MODULE:FUNCTION or --judge-model FOLDER")
     if getattr(cfg, "report_to", ()):  # a tracker's package is missing: say which, before anything loads
-        from .metrics_log import trackers
 
         try:
             trackers(cfg.report_to)
@@ -220,8 +217,6 @@ def validate(cfg):
     check_types(cfg)
     check_ranges(cfg)
     if isinstance(cfg, C.PipelineConfig):
-        from .pipeline import wire
-
         wired = wire(cfg)
         for name in ("label", "rm", "train"):
             try:

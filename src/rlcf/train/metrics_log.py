@@ -8,31 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from .checkpoint import truncate_metrics
-
-TRACKERS = {
-    "tensorboard": ("tensorboard", "is_tensorboard_available"),
-    "wandb": ("wandb", "is_wandb_available"),
-    "mlflow": ("mlflow", "is_mlflow_available"),
-    "trackio": ("trackio", "is_trackio_available"),
-}
-"""--report-to name -> (the package that provides it, accelerate's availability check)."""
-
-
-def trackers(report_to) -> list[str] | None:
-    """accelerate's `log_with` for --report-to: None when it names no tracker; a ValueError naming the package to
-    install when one is missing (before anything is loaded)."""
-    import accelerate.utils as au
-
-    names = [n for n in dict.fromkeys(report_to or ()) if n != "none"]
-    if not names:
-        return None
-    missing = [n for n in names if not getattr(au, TRACKERS[n][1])()]
-    if missing:
-        pkgs = " ".join(TRACKERS[n][0] for n in missing)
-        raise ValueError(f"--report-to {' '.join(missing)}: not installed here; pip install {pkgs}"
-                         + (" (or pip install 'rlcf[tensorboard]')" if "tensorboard" in missing else ""))
-    return names
 
 
 def _hparams(config: dict, prefix: str = "") -> dict:
@@ -56,8 +34,6 @@ class MetricsLog:
         self.path, self.accelerator, self.bar = Path(out_dir) / "metrics.jsonl", accelerator, None
         self.main = accelerator.is_main_process
         if self.main and total_steps is not None:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=total_steps, initial=min(start_step, total_steps), desc=name.replace("-", " "),
                             dynamic_ncols=True)
         if self.main and start_step:

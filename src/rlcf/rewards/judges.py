@@ -32,8 +32,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Protocol, Sequence
 
-from .config import JudgeConfig
-from .rewards import check_scores
+from ..config import JudgeConfig
+from .sources import check_scores
 
 logger = logging.getLogger(__name__)
 

@@ -6,10 +6,17 @@ naming the file, the row and the field.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import math
 import os
 from dataclasses import dataclass
 
-import torch
+import datasets
+
+from ..demo.task import load_prompts as demo_prompts
+from ..errors import DataError, looks_like_local_path, near_miss, one_line
 
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _FORMATS_HINT = "a .jsonl, .json, .csv or .parquet file"
@@ -17,46 +24,9 @@ _FORMATS_HINT = "a .jsonl, .json, .csv or .parquet file"
 _FILE_EXTS = set(_LOCAL_FORMATS) | {".txt", ".tsv", ".gz", ".zip", ".xz", ".bz2", ".arrow", ".xlsx", ".yaml", ".yml"}
 
 
-class DataError(ValueError):
-    pass
-
-
-def looks_like_local_path(name: str) -> bool:
-    """True when `name` can only mean something on this disk: it starts with '/', './', '../' or '~', holds a
-    backslash or more than one '/', is no valid hub id, or its first folder exists here ('runs/x' with ./runs).
-    Such a name is never sent to the hub, so a typo gives 'does not exist' instead of a network error."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or name in (".", "..") or "\\" in name:
-        return True
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return True
-    return "/" in name and os.path.isdir(name.split("/")[0])
-
-
-def near_miss(path: str) -> str:
-    """What is near a missing path, as ' (...)' for an error message: a missing folder, or a close name beside it."""
-    import difflib
-
-    folder = os.path.dirname(path.rstrip("/")) or "."
-    if not os.path.isdir(folder):
-        return f" (the folder {folder} does not exist either)"
-    close = difflib.get_close_matches(os.path.basename(path.rstrip("/")), os.listdir(folder), n=1, cutoff=0.85)
-    return f" (did you mean {os.path.join(os.path.dirname(path.rstrip('/')), close[0])}?)" if close else ""
-
-
 def _missing_file(source: str, path: str) -> DataError:
     return DataError(f"{source}: no such file{near_miss(path)}; check the path, or pass {_FORMATS_HINT} "
                      "or a hub dataset name")
-
-
-def one_line(e: BaseException, innermost: bool = True) -> str:
-    """`e` as 'Type: message' on one line; innermost: its root cause instead (datasets wraps the parser's error)."""
-    while innermost and e.__cause__ is not None:
-        e = e.__cause__
-    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
 
 def _json_type(value) -> str:
@@ -79,8 +49,6 @@ def _read_json(path: str, source: str) -> tuple[list[dict], list[int] | None]:
     """Rows of a JSON-lines file (one object per line; blank lines skipped) or of a JSON array of objects, read
     here rather than by datasets so that an error names its line. Returns the rows and, for JSON lines, the
     line of each row."""
-    import json
-
     text = _read_text(path, source)
     if not text.strip():
         return [], None
@@ -138,8 +106,6 @@ def _single_object_message(doc: dict, source: str) -> str:
 
 
 def _read_table(path: str, source: str, ext: str) -> list[dict]:
-    import datasets
-
     if ext == ".csv":
         if _check_csv(path, source) == 0:  # nothing, or a header only: datasets raises an opaque error
             return []
@@ -155,9 +121,6 @@ def _read_table(path: str, source: str, ext: str) -> list[dict]:
 def _check_csv(path: str, source: str) -> int:
     """The number of data rows; a row with more fields than the header (an unquoted comma, which pandas would
     silently turn into an index column) or text that is not UTF-8 is an error naming its line."""
-    import csv
-    import io
-
     text = _read_text(path, source)
     reader = csv.reader(io.StringIO(text, newline=""))
     header, n_rows = None, 0
@@ -191,7 +154,6 @@ def _read_source(source: str, split: str) -> tuple[list[dict], list[int] | None]
         raise DataError(f"{source}: unsupported {kind}; use {_FORMATS_HINT} (name it by its format)")
     if ext in _FILE_EXTS or looks_like_local_path(source):
         raise _missing_file(source, path)
-    import datasets
 
     try:
         return list(datasets.load_dataset(source, split=split)), None
@@ -236,8 +198,6 @@ def load_records(source: str, text: tuple[str, ...] = (), numbers: tuple[str, ..
     """Rows of `source` with the named fields (TRL's column names, or others through the `columns` mapping),
     every row validated up front: a missing column, an empty or non-string text, a non-finite number or a
     malformed message list is an error naming the file, the row (1-based) and the field."""
-    import math
-
     fields = text + numbers + messages
     mapping = parse_columns(columns, fields, option)
     rows, lines = _read_source(source, split)
@@ -289,8 +249,6 @@ class Prompt:
 def load_prompts(source: str, column: str = "prompt", split: str = "train") -> list[Prompt]:
     """Prompts of 'demo' (its train or test split), a local file, or a hub dataset's split."""
     if source == "demo":
-        from .demo.task import load_prompts as demo_prompts
-
         return [Prompt(text=p, chat=None) for p in demo_prompts(split)]
     rows, lines = _read_source(source, split)
     if not rows:
@@ -365,13 +323,3 @@ def prepare_prompts(prompts: list[Prompt], tokenizer, max_tokens: int, chat_temp
         print(f"{source}: left out {len(ids) - len(keep)} of {len(ids)} prompts over {max_tokens} tokens "
               "(rollout.long_prompts=skip)", flush=True)
     return [prompts[i] for i in keep], [ids[i] for i in keep]
-
-
-def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x) for x in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, x in enumerate(batch):
-        ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-        mask[i, width - len(x) :] = 1
-    return ids, mask

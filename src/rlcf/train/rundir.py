@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import to_dict
-from .validate import ConfigError
+from ..config import to_dict
+from ..errors import ConfigError
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "final")
 

@@ -15,6 +15,9 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from ..models.hub import resolve_reward_model
 
 
 class RewardError(ValueError):
@@ -226,10 +229,6 @@ class HFRewardModel:
     """
 
     def __init__(self, path: str, batch_size: int = 32, device="cpu", trust_remote_code: bool = False):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from .models import resolve_reward_model
-
         path = resolve_reward_model(path)  # a missing folder or a causal LM is one clear line, before loading
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "right"

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from accelerate.utils import set_seed
 from torch import Tensor
 
 from .config import DPOStageConfig
-from .data import check_length, left_pad, load_records, parse_columns
-from .losses import dpo_loss
-from .stages import Stage, claim_run, encode_prompt, encode_response, right_pad, run_stage, use_chat_template
+from .data.loading import check_length, load_records, parse_columns
+from .data.tokens import encode_prompt, encode_response, left_pad, right_pad, use_chat_template
+from .losses.dpo import dpo_loss
+from .models.hub import load_tokenizer
+from .models.policy import build_models
+from .train.supervised import Stage, claim_run, run_stage
 from .validate import validate
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -23,10 +27,6 @@ FIELDS = ("prompt", "chosen", "rejected")
 
 def run_dpo(cfg: DPOStageConfig) -> Path:
     """DPO of cfg.model on cfg.data.path; returns the folder of the final policy (OUTPUT_DIR/final)."""
-    from accelerate.utils import set_seed
-
-    from .models import build_models, load_tokenizer
-
     validate(cfg)  # before anything loads (also: no --data.path)
     set_seed(cfg.seed)
     # data are checked before the models are loaded, so bad input fails fast

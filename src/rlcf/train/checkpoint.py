@@ -10,7 +10,6 @@ accepted when their trainer_state.json parses and their safetensors header reads
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -20,33 +19,15 @@ import tempfile
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from ..files import atomic_dir
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 _CHUNK = 8 << 20  # bytes hashed at a time: a 350 MB checkpoint is never held in memory
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path, replace: bool = True):
-    """Yield a temporary folder beside `final`; once the block succeeds it is renamed to `final`, and on an
-    error it is removed, so readers only ever see a complete folder. replace=False keeps an existing
-    `final` (another process finished the same work first)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        if not replace:
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        shutil.rmtree(final)
-    os.replace(tmp, final)
 
 
 def _sha256(path: Path) -> str:
@@ -146,8 +127,6 @@ def save_checkpoint(out_dir: Path, step: int, models, optimizer, accelerator, tr
     # the uninterrupted one would have drawn
     rng = [(torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None)]
     if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
         rng = gather_object(rng)
     if accelerator.is_main_process:
         if root.is_dir():  # temporary folders of a writer killed mid-way: never read, only take disk space

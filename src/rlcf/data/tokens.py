@@ -1,0 +1,70 @@
+"""Token ids as the loops want them: prompts with or without the chat template, responses ending in EOS, and
+left- or right-padded batches whose masks come from lengths, never from pad ids."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import DataError
+from .loading import check_length
+
+
+def left_pad(batch: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """[B, T] ids and 0/1 mask of left-padded sequences (prompts, so generation continues at the right edge)."""
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+        mask[i, width - len(x) :] = 1
+    return ids, mask
+
+
+def use_chat_template(tokenizer, chat_template: str) -> bool:
+    """Whether string prompts are wrapped as a user turn: auto = when the tokenizer has a chat template."""
+    if chat_template not in ("auto", "on", "off"):
+        raise ValueError(f"chat_template={chat_template!r}: choose auto, on or off")
+    if chat_template == "on" and not tokenizer.chat_template:
+        raise DataError("chat_template=on, but the tokenizer has no chat template; use --chat-template off")
+    return chat_template == "on" or (chat_template == "auto" and bool(tokenizer.chat_template))
+
+
+def encode_prompt(tokenizer, prompt: str | list[dict], use_chat: bool) -> list[int]:
+    """Prompt token ids. A message list (or a string when use_chat) goes through the chat template with the
+    generation prompt, so the response starts where generation would start."""
+    if isinstance(prompt, list) or use_chat:
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return list(out["input_ids"])
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+def encode_response(tokenizer, text: str) -> list[int]:
+    """Response token ids ending in EOS (appended unless the text already ends with it), so the model learns
+    to stop, as generation does in the rollout."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; set one (tokenizer.eos_token) in the model folder")
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids if ids and ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
+
+
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """[B, T] ids and 0/1 mask of right-padded sequences; the mask comes from lengths, never from pad ids."""
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
+    return ids, mask
+
+
+def tokenize_responses(responses: list[str], tokenizer, max_tokens: int, source: str) -> list[list[int]]:
+    """Token ids of each fixed response with EOS appended (the response ends there, as a sampled one would)."""
+    out = []
+    for i, text in enumerate(responses):
+        ids = encode_response(tokenizer, text)
+        check_length(len(ids), max_tokens, f"{source}, row {i + 1}, field 'response'", "--rollout.max-new-tokens")
+        out.append(ids)
+    return out
