@@ -53,7 +53,7 @@ from rlcf.trainer import train
 METHODS = {
     "p3o-v1": ("p3o", {"p3o.variant": "v1"}, "p3o.beta", (0.01, 0.05, 0.2)),
     "p3o-v2": ("p3o", {"p3o.variant": "v2"}, "p3o.beta", (0.01, 0.05, 0.2)),
-    "apa": ("apa", {}, "apa.lam", (0.03, 0.1, 0.3)),
+    "apa": ("apa", {}, "apa.temperature", (0.03, 0.1, 0.3)),
     "ppo": ("ppo", {"ppo.kl_target": None}, "ppo.beta", (0.01, 0.05, 0.2)),
     # The controller moves beta by at most a factor 1 + 0.2 n / horizon a step (n = 32 samples): at trlX's horizon of
     # 10000 beta stayed within 0.0496-0.0503 over 20 steps for every target (seed 0, 2026-11-22), so the three runs

@@ -13,6 +13,7 @@ import pytest
 
 from rlcf import config as rlcf_config
 from rlcf.cli import COMMANDS, load_config
+from rlcf.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -137,10 +138,10 @@ def test_hh_presets_hold_the_seeds_values():
         assert cfg.reward.model and cfg.reward.function is None
     ppo = load("hh/ppo.yaml")
     assert (ppo.ppo.beta, ppo.ppo.kl_target, ppo.ppo.kl_horizon) == (0.05, 6.0, 10000)
-    assert (ppo.ppo.gamma, ppo.ppo.lam, ppo.ppo.eps, ppo.ppo.eps_v) == (1.0, 0.95, 0.2, 0.2)
+    assert (ppo.ppo.gamma, ppo.ppo.gae_lambda, ppo.ppo.eps, ppo.ppo.eps_v) == (1.0, 0.95, 0.2, 0.2)
     assert (ppo.optim.epochs, ppo.optim.lr) == (4, 6e-6)
     apa = load("hh/apa.yaml")
-    assert (apa.apa.lam, apa.apa.anchor, apa.optim.lr, apa.optim.epochs) == (0.1, "init", 1e-6, 2)
+    assert (apa.apa.temperature, apa.apa.anchor, apa.optim.lr, apa.optim.epochs) == (0.1, "init", 1e-6, 2)
     assert load("hh/awr.yaml").awr.inv_lam == 0.5
     p3o = load("hh/p3o.yaml")
     assert (p3o.p3o.beta, p3o.p3o.eps, p3o.p3o.clip_c, p3o.rollout.group_size) == (0.05, 0.2, 10.0, 2)
@@ -204,3 +205,40 @@ def test_a_data_section_may_be_given_as_its_path(tmp_path):
     path.write_text("eval_fraction: 0.2\n")  # the fields moved into data: the old flat key names the known ones
     with pytest.raises(SystemExit, match=r"unknown field 'eval_fraction' for RMConfig"):
         load_config(rlcf_config.RMConfig, str(path))
+
+
+def test_a_renamed_field_names_its_new_name():
+    from rlcf.config import from_dict
+
+    with pytest.raises(ValueError, match=r"'lam' of APAConfig was renamed 'temperature'"):
+        from_dict(TrainConfig, {"apa": {"lam": 0.1}}, "old.yaml")
+    with pytest.raises(ValueError, match=r"'lam' of PPOConfig was renamed 'gae_lambda'"):
+        from_dict(TrainConfig, {"ppo": {"lam": 0.9}}, "old.yaml")
+
+
+def test_a_fields_range_lives_beside_it_and_is_what_validation_enforces():
+    import dataclasses
+
+    from rlcf.config import APAConfig, RolloutConfig
+    from rlcf.validate import ConfigError, validate
+
+    (temperature,) = [f for f in dataclasses.fields(APAConfig) if f.name == "temperature"]
+    assert temperature.metadata["range"] == ("gt", 0)
+    cfg = TrainConfig(algo="apa")
+    cfg.apa.temperature = 0.0
+    with pytest.raises(ConfigError, match=r"--apa.temperature=0.0: must be greater than 0"):
+        validate(cfg)
+    (top_p,) = [f for f in dataclasses.fields(RolloutConfig) if f.name == "top_p"]
+    cfg = TrainConfig()
+    cfg.rollout.top_p = 1.5
+    with pytest.raises(ConfigError, match=r"--rollout.top-p=1.5: must be in \(0, 1\]"):
+        validate(cfg)
+    assert top_p.metadata["range"] == ("open_closed", 0, 1)
+
+
+def test_the_fields_a_resumed_run_may_change_are_marked_beside_them():
+    from rlcf.config import neutral_fields
+
+    neutral = neutral_fields(TrainConfig)
+    assert {"steps", "save_every", "output_dir", "rollout.generation_chunk", "reward.gold"} <= neutral
+    assert not {"seed", "p3o.beta", "optim.lr", "rollout.max_new_tokens"} & neutral

@@ -337,7 +337,7 @@ def test_ppo_advantages_hand_values():
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=F64)
     values = torch.tensor([[0.5, 0.3], [1.0, 42.0]], dtype=F64)
     inp = AdvantageInput(torch.tensor([1.0, 2.0], dtype=F64), old, ref, mask, 2, 0.5, values=values)
-    out = ppo_advantages(inp, PPOConfig(gamma=1.0, lam=1.0))
+    out = ppo_advantages(inp, PPOConfig(gamma=1.0, gae_lambda=1.0))
     sd = math.sqrt(0.03 + 1e-8)
     want_a = torch.tensor([[-0.2 / sd, 0.1 / sd], [0.1 / sd, 0.0]], dtype=F64)
     assert torch.allclose(out["advantages"], want_a, atol=1e-12)
@@ -468,20 +468,22 @@ def test_grpo_loss_matches_slow_reference_with_grads():
 
 def test_registry_contents():
     assert set(ALGORITHMS) == {"p3o", "ppo", "rloo", "grpo", "gspo", "apa", "awr"}
-    flags = {n: (a.needs_critic, a.kl_estimator, a.adaptive_kl, a.strength, a.offline, a.min_group)
+    flags = {n: (a.needs_critic, a.kl_estimator, a.adaptive_kl, a.kl_coef, a.strength, a.offline, a.min_group)
              for n, a in ALGORITHMS.items()}
     assert flags == {
-        "p3o": (False, "k1", False, "beta", False, 2),
-        "ppo": (True, "k1", True, "beta", False, 1),
-        "rloo": (False, "k1", False, "beta", False, 2),
-        "grpo": (False, "k3", False, "beta", False, 2),
-        "gspo": (False, "k3", False, "beta", False, 2),
-        "apa": (True, "k1", False, "lam", True, 1),
-        "awr": (True, "k1", False, "inv_lam", True, 1),
+        "p3o": (False, "k1", False, "beta", "beta", False, 2),
+        "ppo": (True, "k1", True, "beta", "beta", False, 1),
+        "rloo": (False, "k1", False, "beta", "beta", False, 2),
+        "grpo": (False, "k3", False, "beta", "beta", False, 2),
+        "gspo": (False, "k3", False, "beta", "beta", False, 2),
+        "apa": (True, "k1", False, "beta", "temperature", True, 1),
+        "awr": (True, "k1", False, None, "inv_lam", True, 1),
     }
-    # the strength field each row names exists in that algorithm's config
+    # the fields each row names exist in that algorithm's config
     for name, algo in ALGORITHMS.items():
-        assert hasattr(TrainConfig(algo=name).algo_config(), algo.strength), name
+        acfg = TrainConfig(algo=name).algo_config()
+        assert hasattr(acfg, algo.strength), name
+        assert algo.kl_coef is None or hasattr(acfg, algo.kl_coef), name
     assert get_algorithm("p3o").loss is p3o_loss
     with pytest.raises(ValueError, match="apa, awr, grpo, gspo, p3o, ppo, rloo"):
         get_algorithm("dpo-ish")

@@ -46,7 +46,7 @@ APA_A = [[0.02, -0.05, 0.9], [0.03, 0.4, 0.4]]  # A/lam with lam = 0.1: [0.2, -0
 
 def test_apa_loss_and_gradients_by_hand():
     b, lp, values = batch_with(APA_A)
-    loss, m = apa_loss(b, APAConfig(lam=0.1, vf_coef=2.0))
+    loss, m = apa_loss(b, APAConfig(temperature=0.1, vf_coef=2.0))
     # residual = logp - A/lam - log pi_init:
     #   row 0: -1.0 - 0.2 + 1.5 = 0.3,  -2.0 + 0.5 + 1.2 = -0.3;  row 1: -0.5 - 0.3 + 0.4 = -0.4
     # L_pg = (0.09 + 0.09 + 0.16) / 3 = 0.34 / 3
@@ -125,20 +125,20 @@ def test_awr_max_weight_clips_and_none_does_not():
 
 def test_apa_anchor_init_uses_ref_and_old_uses_old_logprobs():
     b, lp, _ = batch_with(APA_A)
-    loss, m = apa_loss(b, APAConfig(lam=0.1, anchor="old"))
+    loss, m = apa_loss(b, APAConfig(temperature=0.1, anchor="old"))
     # residual against pi_old: -1.0 - 0.2 + 1.1 = -0.1, -2.0 + 0.5 + 1.8 = 0.3 | -0.5 - 0.3 + 0.6 = -0.2
     assert m["loss/policy"].item() == pytest.approx(0.14 / 3, rel=1e-12)
     (g_lp,) = torch.autograd.grad(loss, lp)
     assert torch.allclose(g_lp, t([[-0.2 / 3, 0.6 / 3, 0.0], [-0.4 / 3, 0.0, 0.0]]), atol=1e-14)
-    _, m_init = apa_loss(batch_with(APA_A)[0], APAConfig(lam=0.1))
+    _, m_init = apa_loss(batch_with(APA_A)[0], APAConfig(temperature=0.1))
     assert m_init["loss/policy"].item() == pytest.approx(0.34 / 3, rel=1e-12)
 
     # Each anchor ignores the other log-prob entirely.
     shifted = [[x - 0.7 for x in row] for row in OLD]
-    _, m_a = apa_loss(batch_with(APA_A, old=shifted)[0], APAConfig(lam=0.1, anchor="init"))
+    _, m_a = apa_loss(batch_with(APA_A, old=shifted)[0], APAConfig(temperature=0.1, anchor="init"))
     assert m_a["loss/policy"].item() == pytest.approx(0.34 / 3, rel=1e-12)
     shifted = [[x - 0.7 for x in row] for row in REF]
-    _, m_b = apa_loss(batch_with(APA_A, ref=shifted)[0], APAConfig(lam=0.1, anchor="old"))
+    _, m_b = apa_loss(batch_with(APA_A, ref=shifted)[0], APAConfig(temperature=0.1, anchor="old"))
     assert m_b["loss/policy"].item() == pytest.approx(0.14 / 3, rel=1e-12)
 
     assert APAConfig().anchor == "init"
@@ -227,8 +227,8 @@ def test_registry_entries():
         assert (algo.needs_critic, algo.kl_estimator, algo.adaptive_kl, algo.offline) == (True, "k1", False, True)
     cfg = TrainConfig(algo="apa")
     assert isinstance(cfg.algo_config(), APAConfig) and isinstance(TrainConfig(algo="awr").algo_config(), AWRConfig)
-    assert (APAConfig().lam, APAConfig().beta, AWRConfig().inv_lam) == (0.1, 0.05, 0.5)
-    assert not hasattr(AWRConfig(), "beta")  # AWR has no KL coefficient: lam alone sets its distance
+    assert (APAConfig().temperature, APAConfig().beta, AWRConfig().inv_lam) == (0.1, 0.05, 0.5)
+    assert not hasattr(AWRConfig(), "beta")  # AWR has no KL coefficient: its temperature alone sets its distance
 
 
 @pytest.mark.parametrize("name,cfg", [("apa", APAConfig()), ("awr", AWRConfig())])

@@ -40,7 +40,7 @@ def offline_config(model_dir, data, out, algo, steps=30):
     cfg.rollout.prompts_per_step = 32
     cfg.rollout.max_new_tokens = 32
     cfg.optim.lr = 3e-3
-    cfg.apa.lam = 1.0  # 1/lam = 1 offline (the APA paper)
+    cfg.apa.temperature = 1.0  # 1/lambda = 1 offline (the APA paper)
     cfg.awr.inv_lam = 1.0
     return cfg
 

@@ -22,7 +22,7 @@ def make_run(root: Path, name: str, algo: str, strength: float, seed: int, rewar
     """A run folder like `rlcf train` writes: config.yaml and one metrics.jsonl record per step."""
     run = root / name
     run.mkdir(parents=True)
-    key = {"p3o": "beta", "ppo": "beta", "apa": "lam", "awr": "inv_lam"}[algo]
+    key = {"p3o": "beta", "ppo": "beta", "apa": "temperature", "awr": "inv_lam"}[algo]
     cfg = {"algo": algo, "seed": seed, "steps": len(rewards), algo: {key: strength}}
     if algo == "ppo":
         cfg["ppo"]["kl_target"] = None
@@ -67,7 +67,7 @@ def is_png(path: Path) -> bool:
 
 @pytest.fixture
 def runs(tmp_path):
-    """P3O at one beta over two seeds (with gold), APA at two lams, AWR with an eval.json."""
+    """P3O at one beta over two seeds (with gold), APA at two temperatures, AWR with an eval.json."""
     root = tmp_path / "runs"
     return [
         make_run(root, "p3o-s0", "p3o", 0.05, 0, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0, 1, 2, 3, 4, 5, 6],
@@ -95,7 +95,7 @@ def test_collect_runs_reads_config_metrics_and_eval(runs):
     assert s0.final_kl == pytest.approx(4.0) and s0.final_gold == pytest.approx(1.0)
     assert s0.source == "metrics" and s0.win_rate is None
     apa = summary["apa-a"]
-    assert (apa.strength_name, apa.strength) == ("lam", 0.1)
+    assert (apa.strength_name, apa.strength) == ("temperature", 0.1)
     assert apa.final_reward == pytest.approx(1.0) and apa.final_gold is None  # fewer steps than last_n: all
     awr = summary["awr"]
     assert (awr.strength_name, awr.strength, awr.source) == ("inv_lam", 0.5, "eval")
@@ -143,8 +143,8 @@ def test_markdown_report_pngs_and_tables_match_the_metrics(runs, tmp_path):
     expected = {  # run: (algo, strength, seed, steps, reward, gold, kl, win-rate, source)
         "p3o-s0": ("p3o", "beta=0.05", "0", "7", 4.0, 1.0, 4.0, None, "metrics"),
         "p3o-s1": ("p3o", "beta=0.05", "1", "7", 1.8, 0.0, 1.0, None, "metrics"),
-        "apa-a": ("apa", "lam=0.1", "0", "2", 1.0, None, 0.3, None, "metrics"),
-        "apa-b": ("apa", "lam=1", "0", "2", 0.2, None, 0.1, None, "metrics"),
+        "apa-a": ("apa", "temperature=0.1", "0", "2", 1.0, None, 0.3, None, "metrics"),
+        "apa-b": ("apa", "temperature=1", "0", "2", 0.2, None, 0.1, None, "metrics"),
         "awr": ("awr", "inv_lam=0.5", "3", "2", 2.5, 0.75, 1.25, 0.625, "eval"),
     }
     for name, (algo, strength, seed, steps, reward, gold, kl, win, source) in expected.items():
@@ -158,13 +158,13 @@ def test_markdown_report_pngs_and_tables_match_the_metrics(runs, tmp_path):
     heading = next(line[3:] for line in text.splitlines() if line.startswith("## KL-"))
     assert heading == "KL-reward frontier"  # APA runs have no gold, so the frontier uses reward for all
     groups = {(g["algo"], g["KL strength"]): g for g in md_table(text, heading)}
-    assert set(groups) == {("p3o", "beta=0.05"), ("apa", "lam=0.1"), ("apa", "lam=1"), ("awr", "inv_lam=0.5")}
+    assert set(groups) == {("p3o", "beta=0.05"), ("apa", "temperature=0.1"), ("apa", "temperature=1"), ("awr", "inv_lam=0.5")}
     p3o = groups[("p3o", "beta=0.05")]
     assert p3o["runs"] == "2" and p3o["seeds"] == "0, 1"
     assert num(p3o["final reward"]) == pytest.approx(2.9) and err(p3o["final reward"]) == pytest.approx(1.1)
     assert num(p3o["final KL k1"]) == pytest.approx(2.5) and err(p3o["final KL k1"]) == pytest.approx(1.5)
     assert num(p3o["final gold"]) == pytest.approx(0.5) and err(p3o["final gold"]) == pytest.approx(0.5)
-    assert "±" not in groups[("apa", "lam=0.1")]["final reward"]  # one run: no error bar
+    assert "±" not in groups[("apa", "temperature=0.1")]["final reward"]  # one run: no error bar
     assert num(groups[("awr", "inv_lam=0.5")]["win-rate"]) == pytest.approx(0.625)
 
 

@@ -40,6 +40,8 @@ def test_mismatch_is_refused_overwrite_moves_aside_force_resume_mixes(tiny_model
     train(tiny_config(tiny_model_dir, out, steps=4, force_resume=True, **{"p3o.beta": 0.2}))
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
     assert yaml.safe_load((out / "config.yaml").read_text())["p3o"]["beta"] == 0.2
+    # the forced resume trains with the new, fixed beta: the checkpoint does not bring back the old one
+    assert [r["kl/coef"] for r in read_metrics(out)] == [0.05, 0.05, 0.05, 0.2]
     # overwrite: the earlier run moves aside whole, the new one starts at step 1
     train(tiny_config(tiny_model_dir, out, steps=1, overwrite=True))
     aside = list(tmp_path.glob("run.old-*"))

@@ -1,7 +1,11 @@
 """Typed configs: one dataclass per concern, one doc line per field. The CLI and YAML map onto them.
 
+Each fact about a field lives beside it: its type, its default, its doc line, the range `rlcf.validate` enforces
+(`metadata=at_least(0)`, ...) and whether a resumed run may change it (`neutral`: where the run goes, how long it
+runs, how it is chunked in memory, what is only logged). Rules between fields are `validate.check_rules`'.
+
 Imports only the standard library, so losses can take their config objects without pulling in more.
-Defaults are the seeds' (see ALGORITHMS.md) unless a field says otherwise.
+Defaults are the papers' and their authors' code's (docs/algorithms.md) unless a field says otherwise.
 """
 
 from __future__ import annotations
@@ -12,16 +16,58 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+NEUTRAL = {"neutral": True}
+"""A field a resumed run may change without mixing two runs' results."""
+
+
+def _rule(kind: str, *bounds, neutral: bool = False) -> dict:
+    return {"range": (kind, *bounds), **(NEUTRAL if neutral else {})}
+
+
+def at_least(lo, neutral: bool = False) -> dict:
+    """value >= lo"""
+    return _rule("ge", lo, neutral=neutral)
+
+
+def above(lo, neutral: bool = False) -> dict:
+    """value > lo"""
+    return _rule("gt", lo, neutral=neutral)
+
+
+def within(lo, hi, neutral: bool = False) -> dict:
+    """lo <= value <= hi"""
+    return _rule("closed", lo, hi, neutral=neutral)
+
+
+def between(lo, hi, neutral: bool = False) -> dict:
+    """lo < value < hi"""
+    return _rule("open", lo, hi, neutral=neutral)
+
+
+def from_up_to(lo, hi, neutral: bool = False) -> dict:
+    """lo <= value < hi"""
+    return _rule("closed_open", lo, hi, neutral=neutral)
+
+
+def above_up_to(lo, hi, neutral: bool = False) -> dict:
+    """lo < value <= hi"""
+    return _rule("open_closed", lo, hi, neutral=neutral)
+
+
+def each_from_up_to(lo, hi) -> dict:
+    """lo <= each value < hi (a tuple)"""
+    return _rule("each_closed_open", lo, hi)
+
 
 @dataclass
 class P3OConfig:
     """Pairwise PPO (Wu et al. 2023): sequence-level, no critic, pairwise reward differences."""
 
-    beta: float = 0.05
+    beta: float = field(default=0.05, metadata=at_least(0))
     """KL coefficient in the sequence reward r~ = s - beta * (log pi_theta - log pi_ref); fixed."""
-    eps: float = 0.2
+    eps: float = field(default=0.2, metadata=above(0))
     """Trust-region clip range for the ratio (V1) or the log-ratio difference (V2)."""
-    clip_c: float = 10.0
+    clip_c: float = field(default=10.0, metadata=at_least(1))
     """Importance weights are clipped to [1/C, C]."""
     variant: Literal["v1", "v2"] = "v1"
     """v1: separate clipping of each response's ratio; v2: joint clipping of the log-ratio difference."""
@@ -40,21 +86,21 @@ class P3OConfig:
 class PPOConfig:
     """PPO in its RLHF form: per-token KL penalty in the reward, GAE, clipped policy and value losses."""
 
-    beta: float = 0.05
+    beta: float = field(default=0.05, metadata=at_least(0))
     """Initial KL coefficient of the per-token k1 penalty in the reward."""
-    kl_target: Optional[float] = 6.0
+    kl_target: Optional[float] = field(default=6.0, metadata=above(0))
     """Target sequence KL (nats) of the adaptive controller; None keeps beta fixed."""
-    kl_horizon: int = 10000
+    kl_horizon: int = field(default=10000, metadata=at_least(1))
     """Horizon of the adaptive KL controller, in samples."""
-    gamma: float = 1.0
+    gamma: float = field(default=1.0, metadata=within(0, 1))
     """Discount over response tokens."""
-    lam: float = 0.95
+    gae_lambda: float = field(default=0.95, metadata=within(0, 1))
     """GAE lambda."""
-    eps: float = 0.2
+    eps: float = field(default=0.2, metadata=above(0))
     """Clip range of the token ratio."""
-    eps_v: float = 0.2
+    eps_v: float = field(default=0.2, metadata=above(0))
     """Clip range of the value prediction around the old value."""
-    vf_coef: float = 1.0
+    vf_coef: float = field(default=1.0, metadata=at_least(0))
     """Weight of the value loss."""
 
 
@@ -62,9 +108,9 @@ class PPOConfig:
 class RLOOConfig:
     """REINFORCE leave-one-out: sequence reward with k1 KL, A_i = r_i - mean_{j != i} r_j, sequence clip."""
 
-    beta: float = 0.05
+    beta: float = field(default=0.05, metadata=at_least(0))
     """Fixed KL coefficient of the sequence-level k1 penalty in the reward."""
-    eps: float = 0.2
+    eps: float = field(default=0.2, metadata=above(0))
     """Clip range of the sequence ratio."""
 
 
@@ -72,11 +118,11 @@ class RLOOConfig:
 class GRPOConfig:
     """GRPO (DeepSeekMath): group-normalised advantages, token-level clip, k3 KL in the loss."""
 
-    beta: float = 0.04
+    beta: float = field(default=0.04, metadata=at_least(0))
     """Coefficient of the k3 KL to the reference, added to the loss."""
-    eps: float = 0.2
+    eps: float = field(default=0.2, metadata=above(0))
     """Clip range of the token ratio."""
-    std_eps: float = 1e-4
+    std_eps: float = field(default=1e-4, metadata=above(0))
     """Added to the group's (unbiased) reward std before dividing."""
 
 
@@ -84,29 +130,30 @@ class GRPOConfig:
 class GSPOConfig:
     """GSPO (Zheng et al. 2025): group-normalised advantages, length-normalised sequence ratio clipped per sequence."""
 
-    beta: float = 0.0
+    beta: float = field(default=0.0, metadata=at_least(0))
     """Coefficient of GRPO's k3 KL in the loss (the paper uses none)."""
-    eps: float = 3e-4
+    eps: float = field(default=3e-4, metadata=above(0))
     """Lower clip range of the sequence ratio (the paper's 3e-4: sequence ratios stay much nearer 1 than token ones)."""
-    eps_high: float = 4e-4
+    eps_high: float = field(default=4e-4, metadata=above(0))
     """Upper clip range of the sequence ratio (the paper's 4e-4)."""
-    std_eps: float = 1e-4
+    std_eps: float = field(default=1e-4, metadata=above(0))
     """Added to the group's (unbiased) reward std before dividing."""
 
 
 @dataclass
 class APAConfig:
-    """APA (Zhu et al. 2023): squared loss pulling log pi_theta to log pi_init + A/lam; critic, whitened GAE."""
+    """APA (Zhu et al. 2023): squared loss pulling log pi_theta to log pi_init + A/lambda; critic, whitened GAE."""
 
-    beta: float = 0.05
+    beta: float = field(default=0.05, metadata=at_least(0))
     """Coefficient of the per-token k1 penalty beta (log pi_old - log pi_ref) in the reward; used only with anchor='old'."""
-    lam: float = 0.1
-    """Temperature of the target pi* ~ pi_init exp(A/lam) (1/lam = 10 online; 1/lam = 1 offline)."""
-    gamma: float = 1.0
+    temperature: float = field(default=0.1, metadata=above(0))
+    """lambda, the temperature of the target pi* ~ pi_init exp(A/lambda) (1/lambda = 10 online; 1 offline); it alone sets
+    how far the policy moves from pi_init."""
+    gamma: float = field(default=1.0, metadata=within(0, 1))
     """Discount over response tokens."""
-    gae_lambda: float = 0.95
+    gae_lambda: float = field(default=0.95, metadata=within(0, 1))
     """GAE lambda."""
-    vf_coef: float = 1.0
+    vf_coef: float = field(default=1.0, metadata=at_least(0))
     """Weight of the (unclipped) value loss."""
     anchor: Literal["init", "old"] = "init"
     """init: anchor to pi_init = the reference, no KL in the reward (the paper); old: anchor to pi_old plus beta's KL in the reward (authors' later code)."""
@@ -116,15 +163,15 @@ class APAConfig:
 class AWRConfig:
     """AWR as the APA paper applies it to LMs: NLL weighted by exp(A/lam); critic, whitened GAE, no KL in the reward."""
 
-    inv_lam: float = 0.5
+    inv_lam: float = field(default=0.5, metadata=above(0))
     """1/lam in the weight w = exp(A/lam) (0.5 online on HH; 1 on TL;DR and offline)."""
-    gamma: float = 1.0
+    gamma: float = field(default=1.0, metadata=within(0, 1))
     """Discount over response tokens."""
-    gae_lambda: float = 0.95
+    gae_lambda: float = field(default=0.95, metadata=within(0, 1))
     """GAE lambda."""
-    vf_coef: float = 1.0
+    vf_coef: float = field(default=1.0, metadata=at_least(0))
     """Weight of the (unclipped) value loss."""
-    max_weight: Optional[float] = None
+    max_weight: Optional[float] = field(default=None, metadata=above(0))
     """Clip the weights at this value; None does not clip (the authors' code); original AWR uses 20."""
 
 
@@ -134,21 +181,21 @@ class ILQLConfig:
     TD + expectile + CQL + behaviour cloning; sampling perturbs the LM's logits by beta * (min target Q - V).
     Defaults: trlX's ILQL config, which the APA paper's offline comparison ran (docs/ilql.md)."""
 
-    tau: float = 0.7
+    tau: float = field(default=0.7, metadata=between(0, 1))
     """Expectile of V towards the smaller target Q."""
-    gamma: float = 0.99
+    gamma: float = field(default=0.99, metadata=within(0, 1))
     """Discount over response tokens."""
-    cql_scale: float = 0.1
+    cql_scale: float = field(default=0.1, metadata=at_least(0))
     """Weight of the CQL cross-entropy of the Q values over the vocabulary towards the taken token."""
-    awac_scale: float = 1.0
+    awac_scale: float = field(default=1.0, metadata=at_least(0))
     """Weight of the behaviour-cloning cross-entropy of the language-model head."""
-    alpha: float = 0.001
+    alpha: float = field(default=0.001, metadata=within(0, 1))
     """Polyak rate of the target Q heads: target <- alpha * Q + (1 - alpha) * target."""
-    steps_for_target_q_sync: int = 5
+    steps_for_target_q_sync: int = field(default=5, metadata=at_least(1))
     """Optimiser steps between target updates."""
     two_qs: bool = True
     """Two Q heads (and targets); the smaller target Q is used."""
-    beta: float = 1.0
+    beta: float = field(default=1.0, metadata=at_least(0))
     """Decoding: logits + beta * (min target Q - V); saved with the model, 0 samples the behaviour-cloned LM."""
 
 
@@ -164,13 +211,13 @@ class ModelConfig:
     """Allow a hub model's own Python code to run. Off unless you trust the repository."""
     reference: Literal["copy", "top_blocks", "lora"] = "copy"
     """copy: full frozen copy; top_blocks: train only the top N blocks, frozen copy of just those; lora: adapter off."""
-    trainable_blocks: int = 2
+    trainable_blocks: int = field(default=2, metadata=at_least(1))
     """With reference=top_blocks: how many of the top transformer blocks are trained."""
-    lora_r: int = 16
+    lora_r: int = field(default=16, metadata=at_least(1))
     """With reference=lora: adapter rank."""
-    lora_alpha: int = 32
+    lora_alpha: int = field(default=32, metadata=above(0))
     """With reference=lora: adapter alpha."""
-    lora_dropout: float = 0.0
+    lora_dropout: float = field(default=0.0, metadata=from_up_to(0, 1))
     """With reference=lora: adapter dropout."""
     lora_target_modules: str = "all-linear"
     """With reference=lora: modules to adapt (peft names, comma-separated, or 'all-linear')."""
@@ -182,31 +229,31 @@ class ModelConfig:
 class RolloutConfig:
     """Sampling."""
 
-    prompts_per_step: int = 16
+    prompts_per_step: int = field(default=16, metadata=at_least(1))
     """Prompts sampled per training step."""
-    group_size: int = 2
+    group_size: int = field(default=2, metadata=at_least(1))
     """K, responses per prompt (P3O's paper: 2)."""
-    max_new_tokens: int = 48
+    max_new_tokens: int = field(default=48, metadata=at_least(1))
     """Longest response, in tokens."""
-    max_prompt_tokens: int = 256
+    max_prompt_tokens: int = field(default=256, metadata=at_least(1))
     """Longest prompt in tokens (after the chat template); what happens to longer ones is long_prompts'."""
     long_prompts: Literal["error", "skip"] = "error"
     """error: a prompt over max_prompt_tokens stops the run, naming its row; skip: such prompts are left out (counted)."""
-    temperature: float = 1.0
+    temperature: float = field(default=1.0, metadata=above(0))
     """Sampling temperature."""
-    top_k: int = 0
+    top_k: int = field(default=0, metadata=at_least(0))
     """Top-k sampling; 0 turns it off."""
-    top_p: float = 1.0
+    top_p: float = field(default=1.0, metadata=above_up_to(0, 1))
     """Nucleus sampling mass; 1.0 turns it off."""
-    generation_chunk: int = 64
+    generation_chunk: int = field(default=64, metadata=at_least(1, neutral=True))
     """Rows generated (and scored) at once, to bound memory."""
-    forward_chunk: int = 32
+    forward_chunk: int = field(default=32, metadata=at_least(1, neutral=True))
     """Rows per forward pass when computing old and reference log-probs."""
     missing_eos_penalty: Optional[float] = None
     """Subtracted from the score of a response cut at max_new_tokens without EOS; None leaves it alone."""
     backend: Literal["hf", "vllm"] = "hf"
     """Generation backend: hf (the policy's own forward with its KV cache) or vllm (in-process vllm.LLM, pip install rlcf[vllm])."""
-    vllm_gpu_memory_utilization: float = 0.3
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata=above_up_to(0, 1, neutral=True))
     """With backend=vllm on a GPU: the share of GPU memory vLLM may take (the trainer needs the rest)."""
 
 
@@ -218,15 +265,15 @@ class RewardConfig:
     """Python reward 'module:function' taking (prompts, responses) and returning floats."""
     model: Optional[str] = None
     """HF sequence-classification reward model (folder or hub id); used instead of function when set."""
-    gold: Optional[str] = None
+    gold: Optional[str] = field(default=None, metadata=NEUTRAL)
     """Optional gold scorer 'module:function', logged as gold/mean, never trained on."""
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata=at_least(1, neutral=True))
     """Responses scored at once by a reward model."""
-    clip: float = 10.0
+    clip: float = field(default=10.0, metadata=above(0))
     """Scores are clipped to [-clip, clip]."""
     scaling: Literal["running", "ref", "none"] = "running"
     """running: divide by the running std of all scores; ref: by the first batch's std; none."""
-    timeout_s: Optional[float] = 600.0
+    timeout_s: Optional[float] = field(default=600.0, metadata=above(0, neutral=True))
     """Longest wait for one batch from a reward function (or the server it calls), in seconds; None waits forever."""
 
 
@@ -234,23 +281,23 @@ class RewardConfig:
 class OptimConfig:
     """AdamW and the update schedule."""
 
-    lr: float = 8e-6
+    lr: float = field(default=8e-6, metadata=above(0))
     """Learning rate (the seeds' HH setting; small models on the demo like 1e-5 to 5e-5)."""
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=each_from_up_to(0, 1))
     """AdamW betas."""
-    weight_decay: float = 1e-6
+    weight_decay: float = field(default=1e-6, metadata=at_least(0))
     """AdamW weight decay."""
-    critic_lr: Optional[float] = None
+    critic_lr: Optional[float] = field(default=None, metadata=above(0))
     """Learning rate of a separate critic; None uses lr."""
-    epochs: int = 4
+    epochs: int = field(default=4, metadata=at_least(1))
     """Passes over each rollout batch."""
-    minibatch_prompts: int = 8
+    minibatch_prompts: int = field(default=8, metadata=at_least(1))
     """Prompt groups per minibatch (whole groups are kept together)."""
-    grad_accum: int = 1
+    grad_accum: int = field(default=1, metadata=at_least(1))
     """Minibatches accumulated per optimiser step."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = field(default=1.0, metadata=at_least(0))
     """Gradient-norm clip; 0 turns it off."""
-    max_nonfinite_steps: int = 3
+    max_nonfinite_steps: int = field(default=3, metadata=at_least(1, neutral=True))
     """An optimiser step with a non-finite loss, gradient or reward is skipped (and logged as optim/skipped);
     this many in a row stop the run with an error."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -262,23 +309,23 @@ class OptimConfig:
 class RunControl:
     """Where a training command writes, and how it seeds, checkpoints, resumes and reports (train, sft, rm, dpo)."""
 
-    seed: int = 0
+    seed: int = field(default=0, metadata=at_least(0))
     """Seed for sampling, shuffling, held-out splits and initialisation."""
-    output_dir: str = "runs/run"
+    output_dir: str = field(default="runs/run", metadata=NEUTRAL)
     """Where config, metrics.jsonl, checkpoints and the final model go."""
-    save_every: int = 50
+    save_every: int = field(default=50, metadata=at_least(0, neutral=True))
     """Checkpoint every N optimiser steps (0: only at the end)."""
-    resume: bool = True
+    resume: bool = field(default=True, metadata=NEUTRAL)
     """Resume from the newest checkpoint in output_dir, if the run there has the same settings (those that change
     the results; steps, save_every and progress may differ)."""
-    overwrite: bool = False
+    overwrite: bool = field(default=False, metadata=NEUTRAL)
     """Start fresh although output_dir holds a run: the earlier run is moved aside to OUTPUT_DIR.old-TIME."""
-    force_resume: bool = False
+    force_resume: bool = field(default=False, metadata=NEUTRAL)
     """Resume although the stored config differs in settings that change the results (the run mixes both)."""
-    report_to: tuple[Literal["none", "tensorboard", "wandb", "mlflow", "trackio"], ...] = ()
+    report_to: tuple[Literal["none", "tensorboard", "wandb", "mlflow", "trackio"], ...] = field(default=(), metadata=NEUTRAL)
     """Experiment trackers besides metrics.jsonl (several allowed), through accelerate; tensorboard writes event
     files under output_dir/rlcf-<command>/ (pip install 'rlcf[tensorboard]'); the others need their own package."""
-    progress: bool = True
+    progress: bool = field(default=True, metadata=NEUTRAL)
     """Show a progress bar."""
 
 
@@ -293,9 +340,9 @@ class DataConfig:
     columns: str = ""
     """Column mapping for other names: 'prompt=question,completion=answer' or 'messages=conversation' (sft),
     'prompt=question,chosen=good,rejected=bad' (rm, dpo)."""
-    max_length: int = 512
+    max_length: int = field(default=512, metadata=at_least(2))
     """Prompt + response tokens; a longer row is an error naming it."""
-    eval_fraction: float = 0.05
+    eval_fraction: float = field(default=0.05, metadata=from_up_to(0, 1))
     """Share held out to report the eval/ metrics (rm: whole prompts with all their pairs); 0 turns it off."""
     eval_path: Optional[str] = None
     """A separate file or hub dataset (same format and columns) for the eval/ metrics; when set, every row of path
@@ -332,11 +379,11 @@ class TrainConfig(RunControl):
     """Column holding the prompt (a string, or a list of chat messages)."""
     chat_template: Literal["auto", "on", "off"] = "auto"
     """Wrap string prompts in the tokenizer's chat template: auto = when the tokenizer has one."""
-    steps: int = 20
+    steps: int = field(default=20, metadata=at_least(1, neutral=True))
     """Training steps (one rollout batch each)."""
-    output_dir: str = "runs/train"
+    output_dir: str = field(default="runs/train", metadata=NEUTRAL)
     """Where config, metrics.jsonl, checkpoints and the final model go."""
-    save_every: int = 10
+    save_every: int = field(default=10, metadata=at_least(0, neutral=True))
     """Checkpoint every N steps (0: only after the last step)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -363,7 +410,7 @@ def _stage_optim() -> OptimConfig:
 class SFTConfig(RunControl):
     """`rlcf sft`: supervised fine-tuning on prompt/completion or chat `messages` rows; loss on completion tokens only."""
 
-    output_dir: str = "runs/sft"
+    output_dir: str = field(default="runs/sft", metadata=NEUTRAL)
     """Where config, metrics.jsonl, checkpoints and the final model go."""
     data: DataConfig = field(default_factory=DataConfig)
     """prompt/completion or messages rows (--data.path FILE)."""
@@ -377,9 +424,9 @@ class SFTConfig(RunControl):
 class DPOStageConfig(RunControl):
     """`rlcf dpo`: DPO on (prompt, chosen, rejected) pairs against the frozen initial policy."""
 
-    beta: float = 0.1
+    beta: float = field(default=0.1, metadata=above(0))
     """DPO's beta: scale of the implicit reward beta * (log pi_theta - log pi_ref)."""
-    output_dir: str = "runs/dpo"
+    output_dir: str = field(default="runs/dpo", metadata=NEUTRAL)
     """Where config, metrics.jsonl, checkpoints and the final model go."""
     data: DataConfig = field(default_factory=DataConfig)
     """Preference pairs: prompt, chosen, rejected (--data.path FILE)."""
@@ -395,13 +442,13 @@ class RMConfig(RunControl):
 
     model: str = "embedded"
     """Backbone: hub id or local folder of any HF model with a sequence-classification head (decoder or encoder)."""
-    num_layers: Optional[int] = None
+    num_layers: Optional[int] = field(default=None, metadata=at_least(1))
     """Keep only the first N transformer blocks of the backbone (a smaller, faster reward model); None keeps all."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights' dtype."""
     trust_remote_code: bool = False
     """Allow a hub model's own Python code to run. Off unless you trust the repository."""
-    output_dir: str = "runs/rm"
+    output_dir: str = field(default="runs/rm", metadata=NEUTRAL)
     """Where config, metrics.jsonl, checkpoints and the final model go; `rlcf train --reward.model OUTPUT/final`."""
     data: PairDataConfig = field(default_factory=lambda: PairDataConfig(eval_fraction=0.1))
     """Preference pairs: prompt, chosen, rejected (--data.path FILE)."""
@@ -420,13 +467,13 @@ class LabelConfig:
     """Column holding the prompt."""
     chat_template: Literal["auto", "on", "off"] = "auto"
     """Wrap string prompts in the tokenizer's chat template: auto = when the tokenizer has one."""
-    max_prompts: Optional[int] = None
+    max_prompts: Optional[int] = field(default=None, metadata=at_least(1))
     """Label only the first N prompts; None labels all."""
     judge: Optional[str] = "rlcf.demo.task:reward"
     """Judge: a scorer 'module:function' taking (prompts, responses) -> floats; the higher score is preferred."""
     judge_model: Optional[str] = None
     """Judge: an HF sequence-classification reward model (folder or hub id); used instead of judge when set."""
-    noise_temperature: float = 0.0
+    noise_temperature: float = field(default=0.0, metadata=at_least(0))
     """Bradley-Terry noise: prefer y1 with probability sigmoid((s1 - s2) / T); 0 = always the higher score."""
     drop_ties: bool = True
     """Leave out pairs whose scores are equal (with noise_temperature 0); else a tie keeps the first sample."""
@@ -434,7 +481,7 @@ class LabelConfig:
     """With rollout.group_size K > 2: keep all K(K-1)/2 judged pairs of a prompt, or only best against worst."""
     output: str = "runs/label/pairs.jsonl"
     """Where the preference pairs go (JSONL: prompt, chosen, rejected, chosen_score, rejected_score)."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=at_least(0))
     """Seed for sampling and for the noisy judge."""
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(prompts_per_step=32, group_size=2))
     """Sampling: group_size = K samples per prompt (2: one pair), max_new_tokens, temperature, top_k, top_p;
@@ -453,9 +500,9 @@ class JudgeConfig:
     """Model name sent to the endpoint."""
     llm_api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the API key (the key itself never goes in a config or a log)."""
-    timeout_s: float = 60.0
+    timeout_s: float = field(default=60.0, metadata=above(0))
     """Timeout of one request."""
-    retries: int = 3
+    retries: int = field(default=3, metadata=at_least(0))
     """Retries of a failed request (with backoff)."""
 
 
@@ -479,9 +526,9 @@ class EvalConfig:
     """Split of a hub dataset, or of the demo prompts (train/test)."""
     chat_template: Literal["auto", "on", "off"] = "auto"
     """Wrap string prompts in the tokenizer's chat template: auto = when the tokenizer has one."""
-    max_prompts: Optional[int] = 64
+    max_prompts: Optional[int] = field(default=64, metadata=at_least(1))
     """Evaluate on the first N prompts; None uses all."""
-    samples_per_prompt: int = 1
+    samples_per_prompt: int = field(default=1, metadata=at_least(1))
     """Responses sampled per prompt from each policy."""
     reward_function: Optional[str] = None
     """Reward scorer 'module:function' (reported as reward/mean)."""
@@ -493,7 +540,7 @@ class EvalConfig:
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(prompts_per_step=32, group_size=1))
     """Sampling: group_size = K samples per prompt (2: one pair), max_new_tokens, temperature, top_k, top_p;
     prompts_per_step = prompts generated at once."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=at_least(0))
     """Seed for sampling."""
     output: str = "runs/eval/eval.json"
     """Where the JSON report goes (samples beside it as .samples.jsonl)."""
@@ -553,6 +600,23 @@ def wire(cfg: PipelineConfig) -> PipelineConfig:
     return cfg
 
 
+RENAMED = {("PPOConfig", "lam"): "gae_lambda", ("APAConfig", "lam"): "temperature"}
+"""Fields that were renamed: (class, old name) -> new name, for a clear error on an old config file."""
+
+
+def neutral_fields(cls, prefix: str = "") -> set[str]:
+    """Dotted paths of the fields of config class `cls` (nested ones too) that a resumed run may change."""
+    out = set()
+    for f in dataclasses.fields(cls):
+        path = prefix + f.name
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            out |= neutral_fields(type(default), path + ".")
+        elif f.metadata.get("neutral"):
+            out.add(path)
+    return out
+
+
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -567,6 +631,9 @@ def from_dict(cls, data: dict, where: str = "config", base=None):
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
+        if key not in known and (cls.__name__, key) in RENAMED:
+            raise ValueError(f"{where}: '{key}' of {cls.__name__} was renamed '{RENAMED[cls.__name__, key]}'; "
+                             "use the new name")
         if key not in known:
             raise ValueError(
                 f"{where}: unknown field '{key}' for {cls.__name__}; known fields: {', '.join(sorted(known))}"

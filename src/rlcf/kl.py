@@ -45,7 +45,8 @@ class FixedKLController:
         return {"value": self.value}
 
     def load_state_dict(self, state: dict) -> None:
-        self.value = float(state["value"])
+        """Nothing to restore: a fixed beta is the config's, also in a resumed run (--force-resume with another beta
+        takes the new one)."""
 
 
 class AdaptiveKLController:

@@ -5,7 +5,7 @@ What is read from each run folder (everything else is ignored):
 - `config.yaml` (optional): `algo` (a `rlcf train` run; P3O is named with its variant, `p3o-v1` / `p3o-v2`,
   PPO with a KL target `ppo-adaptive`; `offline_data` set makes it `<algo>-offline`), `seed`,
   and the KL strength of the algorithm's section: `p3o.beta`, `ppo.kl_target` (or `ppo.beta` when the
-  target is null), `apa.lam`, `awr.inv_lam`, `rloo.beta`, `grpo.beta`. A config without `algo` is a stage:
+  target is null), `apa.temperature`, `awr.inv_lam`, `rloo.beta`, `grpo.beta`. A config without `algo` is a stage:
   top-level `beta` -> dpo (strength `beta`), `model` as a string -> rm, else `data` -> sft.
 - `metrics.jsonl` (required, at least one record): `step`, `reward/mean`, `gold/mean`, `kl/k1_seq`.
   A run's final value of each is the mean over the last `last_n` records that have the key.
@@ -383,7 +383,7 @@ def write_report(runs: list[RunSummary], output_dir, title: str = "rlcf report",
         f"Final values are the mean of the last {last_n} logged steps (source `metrics`), or the run's "
         "eval.json when it has one (source `eval`: policy reward/gold, k1 KL to the reference, win-rate).",
         "KL strength: beta (P3O, RLOO, GRPO, DPO, PPO with a fixed coefficient), kl_target (adaptive PPO), "
-        "lam (APA), inv_lam (AWR).",
+        "temperature (APA), inv_lam (AWR).",
         f"Frontier: y = final {metric}; runs of one algorithm and strength (seeds) are averaged, "
         "shown as mean ± standard error.",
     ]

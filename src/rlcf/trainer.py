@@ -167,9 +167,8 @@ def setup(cfg: TrainConfig) -> RLRun:
                                           cfg.rollout.max_new_tokens, source)
     scaler = RewardScaler(cfg.reward.clip, cfg.reward.scaling)
     acfg = cfg.algo_config()
-    kl_ctl = make_kl_controller(getattr(acfg, "beta", 0.0),
-                                getattr(acfg, "kl_target", None) if algo.adaptive_kl else None,
-                                getattr(acfg, "kl_horizon", 10000))
+    beta = getattr(acfg, algo.kl_coef) if algo.kl_coef else 0.0  # the registry names the KL coefficient's field
+    kl_ctl = make_kl_controller(beta, acfg.kl_target, acfg.kl_horizon) if algo.adaptive_kl else make_kl_controller(beta)
     loop = TrainingLoop(settings, accelerator, run, models, _optimizer(models, cfg),
                         lambda: {"kl_controller": kl_ctl.state_dict(), "reward_scaler": scaler.state_dict()})
     state = loop.start(cfg.steps)

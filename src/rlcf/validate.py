@@ -108,63 +108,30 @@ def check_types(cfg, where: str = "", fix: bool = True, yaml_file: str | None = 
     return cfg
 
 
-# (field, test, allowed) per config class; a field path is relative to the class
-def _ge(lo):
-    return lambda v: v >= lo, f"at least {lo}"
-
-
-def _gt(lo):
-    return lambda v: v > lo, f"greater than {lo}"
-
-
-def _in(lo, hi, closed_hi=True):
-    return ((lambda v: lo <= v <= hi) if closed_hi else (lambda v: lo <= v < hi),
-            f"in [{lo}, {hi}{']' if closed_hi else ')'}")
-
-
-_OPEN01 = (lambda v: 0 < v <= 1, "in (0, 1]")
-
-RULES: dict[type, dict[str, tuple]] = {
-    C.P3OConfig: {"beta": _ge(0), "eps": _gt(0), "clip_c": _ge(1)},
-    C.PPOConfig: {"beta": _ge(0), "kl_target": _gt(0), "kl_horizon": _ge(1), "gamma": _in(0, 1), "lam": _in(0, 1),
-                  "eps": _gt(0), "eps_v": _gt(0), "vf_coef": _ge(0)},
-    C.RLOOConfig: {"beta": _ge(0), "eps": _gt(0)},
-    C.GRPOConfig: {"beta": _ge(0), "eps": _gt(0), "std_eps": _gt(0)},
-    C.GSPOConfig: {"beta": _ge(0), "eps": _gt(0), "eps_high": _gt(0), "std_eps": _gt(0)},
-    C.APAConfig: {"beta": _ge(0), "lam": _gt(0), "gamma": _in(0, 1), "gae_lambda": _in(0, 1), "vf_coef": _ge(0)},
-    C.AWRConfig: {"inv_lam": _gt(0), "gamma": _in(0, 1), "gae_lambda": _in(0, 1), "vf_coef": _ge(0),
-                  "max_weight": _gt(0)},
-    C.ILQLConfig: {"tau": (lambda v: 0 < v < 1, "in (0, 1)"), "gamma": _in(0, 1), "cql_scale": _ge(0),
-                    "awac_scale": _ge(0), "alpha": _in(0, 1), "steps_for_target_q_sync": _ge(1), "beta": _ge(0)},
-    C.ModelConfig: {"trainable_blocks": _ge(1), "lora_r": _ge(1), "lora_alpha": _gt(0), "lora_dropout": _in(0, 1, False)},
-    C.RolloutConfig: {"prompts_per_step": _ge(1), "group_size": _ge(1), "max_new_tokens": _ge(1),
-                      "max_prompt_tokens": _ge(1), "temperature": _gt(0), "top_k": _ge(0), "top_p": _OPEN01,
-                      "generation_chunk": _ge(1), "forward_chunk": _ge(1), "vllm_gpu_memory_utilization": _OPEN01},
-    C.RewardConfig: {"batch_size": _ge(1), "clip": _gt(0), "timeout_s": _gt(0)},
-    C.OptimConfig: {"lr": _gt(0), "betas": (lambda v: all(0 <= b < 1 for b in v), "each in [0, 1)"),
-                    "weight_decay": _ge(0), "critic_lr": _gt(0), "epochs": _ge(1), "minibatch_prompts": _ge(1),
-                    "grad_accum": _ge(1), "max_grad_norm": _ge(0), "max_nonfinite_steps": _ge(1)},
-    C.RunControl: {"seed": _ge(0), "save_every": _ge(0)},
-    C.DataConfig: {"max_length": _ge(2), "eval_fraction": _in(0, 1, False)},
-    C.TrainConfig: {"steps": _ge(1)},
-    C.DPOStageConfig: {"beta": _gt(0)},
-    C.RMConfig: {"num_layers": _ge(1)},
-    C.LabelConfig: {"max_prompts": _ge(1), "noise_temperature": _ge(0), "seed": _ge(0)},
-    C.JudgeConfig: {"timeout_s": _gt(0), "retries": _ge(0)},
-    C.EvalConfig: {"max_prompts": _ge(1), "samples_per_prompt": _ge(1), "seed": _ge(0)},
+_RANGES = {
+    "ge": (lambda v, lo: v >= lo, "at least {0}"),
+    "gt": (lambda v, lo: v > lo, "greater than {0}"),
+    "closed": (lambda v, lo, hi: lo <= v <= hi, "in [{0}, {1}]"),
+    "open": (lambda v, lo, hi: lo < v < hi, "in ({0}, {1})"),
+    "closed_open": (lambda v, lo, hi: lo <= v < hi, "in [{0}, {1})"),
+    "open_closed": (lambda v, lo, hi: lo < v <= hi, "in ({0}, {1}]"),
+    "each_closed_open": (lambda v, lo, hi: all(lo <= x < hi for x in v), "each in [{0}, {1})"),
 }
+"""A field's range as config.py states it (metadata `range`: kind, bounds) -> (test, what is allowed)."""
 
 
 def check_ranges(cfg, where: str = "") -> None:
-    rules = {k: v for cls in reversed(type(cfg).__mro__) for k, v in RULES.get(cls, {}).items()}  # inherited too
+    """Every field against the range config.py states beside it."""
     for f in dataclasses.fields(cfg):
         path = f"{where}.{f.name}" if where else f.name
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             check_ranges(value, path)
-        elif f.name in rules and value is not None:
-            test, allowed = rules[f.name]
-            ok = test(value)
+        elif "range" in f.metadata and value is not None:
+            kind, *bounds = f.metadata["range"]
+            test, allowed = _RANGES[kind]
+            allowed = allowed.format(*bounds)
+            ok = test(value, *bounds)
             if isinstance(value, float) and not math.isfinite(value):
                 ok = False
             if not ok:

@@ -38,21 +38,21 @@ def apa_advantages(inp: AdvantageInput, cfg: Any) -> dict[str, Tensor]:
 
 
 def apa_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
-    """Squared distance of log pi_theta to the target log pi* = log pi_anchor + A/lam, over the N valid tokens.
+    """Squared distance of log pi_theta to the target log pi* = log pi_anchor + A/lambda, over the N valid tokens.
 
-      L_pg = (1/N) sum_t m_t (log pi_theta(a_t|s_t) - A_t/lam - log pi_anchor(a_t|s_t))^2
+      L_pg = (1/N) sum_t m_t (log pi_theta(a_t|s_t) - A_t/lambda - log pi_anchor(a_t|s_t))^2
       L_vf = 0.5 (1/N) sum_t m_t (V_theta - R_t)^2      (unclipped; the 0.5 matches PPO's value loss here)
       L = L_pg + vf_coef L_vf
-    pi_anchor = pi_init = batch.ref_logprobs (anchor='init', the paper; the target pi* ~ pi_init exp(A/lam)
+    pi_anchor = pi_init = batch.ref_logprobs (anchor='init', the paper; the target pi* ~ pi_init exp(A/lambda)
     with its normaliser taken as 1), or pi_old = batch.old_logprobs (anchor='old'). No KL term in the loss:
-    lam alone trades reward for KL to pi_init; batch.kl_coef is not used here.
+    lambda alone trades reward for KL to pi_init; batch.kl_coef is not used here.
     """
     for name in ("advantages", "returns", "values"):
         if getattr(batch, name) is None:
             raise ValueError(f"apa_loss: batch.{name} is None; APA needs advantages, returns and critic values")
     anchor = batch.ref_logprobs if _check_anchor(cfg, "apa_loss") == "init" else batch.old_logprobs
     mask, A, R, V = batch.mask, batch.advantages.detach(), batch.returns, batch.values
-    residual = batch.logprobs - A / cfg.lam - anchor
+    residual = batch.logprobs - A / cfg.temperature - anchor
     pg_loss = masked_mean(residual.square(), mask)
     vf_loss = 0.5 * masked_mean((V - R).square(), mask)
     loss = pg_loss + cfg.vf_coef * vf_loss

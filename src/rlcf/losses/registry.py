@@ -29,6 +29,9 @@ class Algorithm:
     """Estimator of the KL the reward or loss uses; its metric is "kl/<estimator>_seq"."""
     adaptive_kl: bool
     """True: beta follows the adaptive controller (cfg.kl_target); False: fixed beta."""
+    kl_coef: str | None = "beta"
+    """The config field holding the KL coefficient beta the loop passes on (batch.kl_coef, the adaptive controller's
+    start); None: the algorithm has none (beta = 0)."""
     strength: str = "beta"
     """The config field that sets how far the policy may move from the reference (plots and frontiers)."""
     adaptive_strength: str | None = None
@@ -47,19 +50,23 @@ class Algorithm:
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in (
-        Algorithm("p3o", p3o_loss, p3o_advantages, False, "k1", False, min_group=2, label_field="variant",
+        Algorithm(name="p3o", loss=p3o_loss, advantages=p3o_advantages, needs_critic=False, kl_estimator="k1",
+                  adaptive_kl=False, label_field="variant", min_group=2,
                   needs_group="P3O compares the responses of a prompt in pairs"),
-        Algorithm("ppo", ppo_loss, ppo_advantages, True, "k1", True, adaptive_strength="kl_target"),
-        Algorithm("rloo", rloo_loss, rloo_advantages, False, "k1", False, min_group=2,
-                  needs_group="RLOO's baseline leaves one out"),
-        Algorithm("grpo", grpo_loss, grpo_advantages, False, "k3", False, min_group=2,
-                  needs_group="GRPO normalises over the group"),
-        Algorithm("gspo", gspo_loss, grpo_advantages, False, "k3", False, min_group=2,
-                  needs_group="GSPO normalises over the group"),
-        # APA and AWR: no KL in the reward by default; lam alone controls the distance to pi_init (APA's
-        # non-default anchor='old' puts beta's k1 penalty in the reward inside apa_advantages itself)
-        Algorithm("apa", apa_loss, apa_advantages, True, "k1", False, strength="lam", offline=True),
-        Algorithm("awr", awr_loss, awr_advantages, True, "k1", False, strength="inv_lam", offline=True),
+        Algorithm(name="ppo", loss=ppo_loss, advantages=ppo_advantages, needs_critic=True, kl_estimator="k1",
+                  adaptive_kl=True, adaptive_strength="kl_target"),
+        Algorithm(name="rloo", loss=rloo_loss, advantages=rloo_advantages, needs_critic=False, kl_estimator="k1",
+                  adaptive_kl=False, min_group=2, needs_group="RLOO's baseline leaves one out"),
+        Algorithm(name="grpo", loss=grpo_loss, advantages=grpo_advantages, needs_critic=False, kl_estimator="k3",
+                  adaptive_kl=False, min_group=2, needs_group="GRPO normalises over the group"),
+        Algorithm(name="gspo", loss=gspo_loss, advantages=grpo_advantages, needs_critic=False, kl_estimator="k3",
+                  adaptive_kl=False, min_group=2, needs_group="GSPO normalises over the group"),
+        # APA and AWR: no KL in the reward by default; their temperature alone controls the distance to pi_init
+        # (APA's non-default anchor='old' puts beta's k1 penalty in the reward inside apa_advantages itself)
+        Algorithm(name="apa", loss=apa_loss, advantages=apa_advantages, needs_critic=True, kl_estimator="k1",
+                  adaptive_kl=False, strength="temperature", offline=True),
+        Algorithm(name="awr", loss=awr_loss, advantages=awr_advantages, needs_critic=True, kl_estimator="k1",
+                  adaptive_kl=False, strength="inv_lam", kl_coef=None, offline=True),
     )
 }
 

@@ -5,7 +5,8 @@ decides what a new start may do with it, without writing anything:
 
 - no run there: a fresh start;
 - a run there and `resume`: resume only if the stored config.yaml equals the new config on every field that
-  changes the results (not output_dir, steps, save_every, progress, chunk and batch sizes, ...); otherwise a
+  changes the results (config.py marks the others `neutral`: output_dir, steps, save_every, progress, chunk and batch
+  sizes, ...); otherwise a
   ConfigError that names each differing field and says how to start fresh (--overwrite, another
   --output-dir) or force it (--force-resume);
 - a run there, `resume` off: a ConfigError unless `overwrite`;
@@ -23,19 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from ..config import to_dict
+from ..config import neutral_fields, to_dict
 from ..errors import ConfigError
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "final")
-
-RESULT_NEUTRAL = {
-    "output_dir", "resume", "overwrite", "force_resume", "progress", "save_every", "steps", "report_to",
-    "rollout.generation_chunk", "rollout.forward_chunk", "rollout.vllm_gpu_memory_utilization",
-    "reward.batch_size", "reward.gold", "reward.timeout_s", "optim.max_nonfinite_steps",
-}
-"""Fields that may change between a run and its resumption: where it goes, how long it runs, how often it saves,
-how it is chunked in memory, what is only logged. (`steps` may grow: a resumed run continues to the new count.)"""
-
 
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
@@ -48,11 +40,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-STAGE_NEUTRAL = RESULT_NEUTRAL | {"optim.epochs"}
-"""A supervised stage may also grow its epochs (each epoch's shuffle depends only on the seed and its number)."""
-
-
-def config_differences(stored: dict, new: dict, neutral=RESULT_NEUTRAL) -> list[str]:
+def config_differences(stored: dict, new: dict, neutral: set[str] = frozenset()) -> list[str]:
     """'field: stored -> new' for every result-changing field the two configs both have and disagree on."""
     a, b = _flat(stored), _flat(json.loads(json.dumps(new, default=list)))
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys()) if k not in neutral and a[k] != b[k]]
@@ -80,7 +68,9 @@ class RunDir:
                 stored = yaml.safe_load(stored_path.read_text()) or {}
             except yaml.YAMLError as e:
                 raise ConfigError(f"{stored_path} is not valid YAML ({e}); pass --overwrite to start fresh") from None
-            neutral = RESULT_NEUTRAL if hasattr(cfg, "algo") else STAGE_NEUTRAL  # RL epochs are passes over a batch
+            neutral = neutral_fields(type(cfg))  # the fields config.py marks as free to change on resume
+            if not hasattr(cfg, "algo"):  # a supervised stage may also grow its epochs (each epoch's shuffle depends
+                neutral.add("optim.epochs")  # only on the seed and its number); RL epochs are passes over a batch
             diff = config_differences(stored, to_dict(cfg), neutral)
             if diff and not cfg.force_resume:
                 shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
