@@ -223,6 +223,9 @@ class ModelConfig:
     """With reference=lora: modules to adapt (peft names, comma-separated, or 'all-linear')."""
     critic: Literal["separate", "value_head"] = "separate"
     """PPO critic: separate copy of the initial policy with an MLP head (the seeds), or a head on the policy's trunk."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer block's activations during the backward pass instead of keeping them (policy and
+    critic): less memory for about one more forward's compute. The results do not change."""
 
 
 @dataclass

@@ -28,6 +28,7 @@ from .losses.sft import sft_loss
 from .models.hub import load_tokenizer
 from .models.load import load_causal_lm
 from .models.logprobs import response_logprobs
+from .models.policy import enable_gradient_checkpointing
 from .models.reference import select_trainable
 from .train.supervised import Stage, claim_run, run_stage
 from .validate import validate
@@ -46,6 +47,8 @@ def run_sft(cfg: SFTConfig) -> Path:
     run = claim_run(cfg)  # may the output folder be started or resumed? (before the model loads)
     lm = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
     lm, mode = select_trainable(lm, cfg.model)  # what trains: the reference mode's choice (models/reference.py)
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(mode.base(lm))
 
     def save(folder: Path) -> None:
         mode.export(lm).save_pretrained(folder)

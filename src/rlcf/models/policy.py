@@ -19,6 +19,17 @@ from .logprobs import sequence_inputs, token_logprobs
 from .reference import ReferenceMode, make_reference
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
+    """transformers' activation checkpointing on a model's blocks (active in train mode only, so sampling and the
+    frozen passes are untouched). Non-reentrant: it needs no input that requires grad, so frozen embeddings, the
+    top-blocks mode and LoRA work as they are."""
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
 class PolicyModels(nn.Module):
     """Policy + reference (+ critic): the forward passes the rollout engine and the update need. The reference
     mode (`self.reference`) says what trains and what the reference is; nothing here compares its name."""
@@ -37,6 +48,10 @@ class PolicyModels(nn.Module):
             self.value_head = ValueHead(self.base_policy().config.hidden_size)
         elif critic_kind is not None:
             raise ValueError(f"model.critic={critic_kind!r}: choose separate or value_head")
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.base_policy())
+            if self.critic is not None:
+                enable_gradient_checkpointing(self.critic.trunk)
 
     def train(self, mode: bool = True):
         """Train mode for the policy and critic only: the frozen reference stays in eval mode (no dropout)."""
