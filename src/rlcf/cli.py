@@ -14,7 +14,6 @@ from importlib.resources import files
 from pathlib import Path
 
 import tyro
-import yaml
 
 from .config import (
     DPOStageConfig,
@@ -27,8 +26,10 @@ from .config import (
     TrainConfig,
     from_dict,
 )
+from .errors import near_miss
 from .train.safety import RunStopped
 from .validate import check_types, validate
+from .yaml_safe import YAMLFileError, load_yaml_file, shorten
 
 # command -> (config dataclass, one line of help, runner "module:function" taking the config)
 COMMANDS = {
@@ -50,18 +51,28 @@ COMMANDS = {
 
 
 def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
-    rest, path = [], None
+    """(the --config file or None, the other arguments); --config with no file, an empty one, a flag in its place,
+    or given twice is an error."""
+    rest, paths = [], []
     it = iter(argv)
     for a in it:
         if a == "--config":
             path = next(it, None)
-            if path is None:
-                raise SystemExit("rlcf: --config needs a YAML file path")
+            if path is None or path.startswith("--"):
+                got = f" (got the flag {path})" if path else ""
+                raise SystemExit(f"rlcf: --config needs a YAML file path{got}, e.g. --config configs/demo.yaml")
+            paths.append(path)
         elif a.startswith("--config="):
             path = a.split("=", 1)[1]
+            if not path:
+                raise SystemExit("rlcf: --config= is empty; it needs a YAML file path, e.g. --config configs/demo.yaml")
+            paths.append(path)
         else:
             rest.append(a)
-    return path, rest
+    if len(paths) > 1:
+        raise SystemExit(f"rlcf: --config is given {len(paths)} times ({', '.join(paths)}); give one file (later "
+                         "flags override its values)")
+    return (paths[0] if paths else None), rest
 
 
 PRESETS = {"pipeline": "pipeline.yaml"}
@@ -78,21 +89,21 @@ def preset(command: str):
 
 def load_config(cls, path: str | None, base=None):
     """`cls` from a YAML file, on top of `base` (default: the dataclass defaults): fields the file leaves out keep
-    base's values."""
+    base's values. An empty or comments-only file keeps them all. Any problem with the file (see rlcf.yaml_safe:
+    a folder, not UTF-8, a duplicate key, an alias, a Python tag, ...) or with a value exits with one short line."""
     if path is None:
         return cls() if base is None else base
-    p = Path(path)
-    if not p.exists():
-        raise SystemExit(f"rlcf: config file {path} does not exist")
+    if not os.path.lexists(path):
+        raise SystemExit(f"rlcf: config file {path} does not exist{near_miss(str(path))}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SystemExit(f"rlcf: {path} is not valid YAML: {e}")
-
+        data = load_yaml_file(str(path), "config file")
+    except YAMLFileError as e:
+        raise SystemExit(f"rlcf: {shorten(e)}") from None
+    data = {} if data is None else data
     try:
         return check_types(from_dict(cls, data, where=str(path), base=base), yaml_file=str(path))
     except (TypeError, ValueError) as e:
-        raise SystemExit(f"rlcf: {e}")
+        raise SystemExit(f"rlcf: {shorten(e)}") from None
 
 
 def parse(command: str, argv: list[str]):

@@ -14,12 +14,17 @@ returning, per row, P(a is better than b): 1 = a wins, 0 = b wins, 0.5 = a tie (
   an environment variable, sent only as a Bearer header, and scrubbed from every error and log line.
   Credentials in the URL itself (?api-key=..., user:password@) are sent (the query as is, user:password as
   basic auth) but never shown: reports, logs and errors carry public_url(url), with both as ***.
+  Redirects are never followed (the credentials go to the configured endpoint only), `timeout_s` bounds each whole
+  request (connect, send, and reading the whole reply, however slowly it trickles in), and a reply is read up to
+  MAX_REPLY_BYTES, never more.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
+import io
 import json
 import logging
 import os
@@ -48,6 +53,13 @@ class Judge(Protocol):
 
 class JudgeError(ValueError):
     """A judge could not give a verdict (bad endpoint, unparseable reply, retries spent)."""
+
+
+MAX_REPLY_BYTES = 4 << 20
+"""The most of a reply the LLM judge reads: a verdict is a few hundred bytes, so more is the wrong endpoint."""
+_ERROR_BODY_BYTES = 64 << 10
+"""The most of an HTTP error's body read (only its start is quoted)."""
+_CHUNK = 64 << 10
 
 
 def _check_lengths(prompts, responses_a, responses_b, name: str) -> None:
@@ -156,14 +168,161 @@ def url_secrets(url: str) -> list[str]:
     return [s for s in found if len(s) >= 3]  # shorter ones would mangle every message and hide nothing
 
 
+class _DeadlineSocket:
+    """A connected socket (plain or TLS) whose every send and read gets only the time left until `deadline`
+    (time.monotonic()), so a reply that trickles in a byte at a time still ends by the deadline with a TimeoutError.
+    http.client reads through makefile('rb'); the socket is closed once it and every file made from it are."""
+
+    def __init__(self, sock, deadline: float, timeout_s: float):
+        self._sock, self._deadline, self._timeout_s = sock, deadline, timeout_s
+        self._files, self._closed = 0, False
+
+    def _arm(self) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete reply within {self._timeout_s:g} s")
+        self._sock.settimeout(left)
+
+    def sendall(self, data, *args):
+        self._arm()
+        try:
+            return self._sock.sendall(data, *args)  # the timeout bounds the whole sendall (Python >= 3.5)
+        except TimeoutError:
+            raise TimeoutError(f"the request was not sent within {self._timeout_s:g} s") from None
+
+    def recv_into(self, buffer, *args):
+        self._arm()
+        try:
+            return self._sock.recv_into(buffer, *args)
+        except TimeoutError:
+            raise TimeoutError(f"no complete reply within {self._timeout_s:g} s") from None
+
+    def makefile(self, mode="rb", *args, **kwargs):
+        if mode != "rb":
+            raise ValueError(f"_DeadlineSocket.makefile: only 'rb' is supported, not {mode!r}")
+        self._files += 1
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def _file_closed(self) -> None:
+        self._files -= 1
+        if self._closed and self._files <= 0:
+            self._sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._files <= 0:
+            self._sock.close()
+
+    def __getattr__(self, name):  # setsockopt, fileno, getpeercert, ...
+        return getattr(self._sock, name)
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, sock: _DeadlineSocket):
+        super().__init__()
+        self._owner = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._owner.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self._owner._file_closed()
+
+
+def _deadline_connection(base):
+    class Connection(base):
+        def __init__(self, *args, deadline: float, timeout_s: float, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._rlcf_deadline, self._rlcf_timeout_s = deadline, timeout_s
+
+        def connect(self):
+            super().connect()  # TCP (and TLS) with the socket timeout urllib passes: the time left at the start
+            self.sock = _DeadlineSocket(self.sock, self._rlcf_deadline, self._rlcf_timeout_s)
+
+    Connection.__name__ = f"Deadline{base.__name__}"
+    return Connection
+
+
+_DeadlineHTTPConnection = _deadline_connection(http.client.HTTPConnection)
+_DeadlineHTTPSConnection = _deadline_connection(http.client.HTTPSConnection)
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: float, timeout_s: float):
+        super().__init__()
+        self._times = {"deadline": deadline, "timeout_s": timeout_s}
+
+    def http_open(self, req):
+        return self.do_open(functools.partial(_DeadlineHTTPConnection, **self._times), req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: float, timeout_s: float):
+        super().__init__()
+        self._times = {"deadline": deadline, "timeout_s": timeout_s}
+
+    def https_open(self, req):  # no context: http.client's default one (certificates and host name checked)
+        return self.do_open(functools.partial(_DeadlineHTTPSConnection, **self._times), req)
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: the 3xx reaches the caller as an HTTPError (urllib would repeat the request, with its
+    Authorization header, at whatever address the Location names)."""
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        return None
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _opener(timeout_s: float) -> urllib.request.OpenerDirector:
+    """An opener for one request that follows no redirect and must finish within `timeout_s` from now (the proxy
+    settings of the environment apply, as with urllib.request.urlopen)."""
+    deadline = time.monotonic() + timeout_s
+    return urllib.request.build_opener(_RefuseRedirects, _DeadlineHTTPHandler(deadline, timeout_s),
+                                       _DeadlineHTTPSHandler(deadline, timeout_s))
+
+
+def origin(url: str) -> str:
+    """scheme://host[:port] of a URL, without user:password@, path or query; '(unreadable)' if it does not parse."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "(an unreadable address)"
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def _read_capped(response, limit: int) -> tuple[bytearray, bool]:
+    """At most `limit` bytes of a response body, read in chunks into one buffer; (body, True) if there was more."""
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = response.read(min(_CHUNK, limit + 1 - len(body)))
+        if not chunk:
+            break
+        body += chunk
+    more = len(body) > limit
+    if more:
+        del body[limit:]
+    return body, more
+
+
 class LLMJudge:
     """An OpenAI-compatible chat-completions endpoint as a judge (POST {url path}/chat/completions?{url query}).
 
     Each pair is asked twice, a shown first and b shown first; P(a better) is the mean of the two
     verdicts, so both agreeing gives 1 or 0 and a judge that always picks one position gives 0.5.
     Connection errors, timeouts, HTTP 5xx and 429 are retried `retries` times with exponential backoff
-    (a Retry-After header is honoured, up to 60 s); any other HTTP error, a reply that is not JSON, or a
-    reply with no verdict stops with a JudgeError quoting the start of the reply.
+    (a Retry-After header is honoured, up to 60 s); any other HTTP error, a redirect (never followed), a reply over
+    MAX_REPLY_BYTES, a reply that is not JSON, or a reply with no verdict stops with a JudgeError quoting the start
+    of the reply. `timeout_s` bounds each attempt as a whole: connecting, sending and reading the whole reply.
     """
 
     def __init__(self, url: str | None = None, model: str = "gpt-4o-mini", api_key_env: str = "OPENAI_API_KEY",
@@ -276,10 +435,15 @@ class LLMJudge:
             request = urllib.request.Request(self._request_url, data=data, headers=headers, method="POST")
             retry_after = None
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return response.read().decode("utf-8", errors="replace")
+                with _opener(self.timeout_s).open(request, timeout=self.timeout_s) as response:
+                    return self._read_reply(response)
             except urllib.error.HTTPError as e:
-                text = e.read().decode("utf-8", errors="replace") if e.fp is not None else ""
+                try:
+                    text = self._error_text(e)
+                    if 300 <= e.code < 400:
+                        raise self._redirect_error(e) from None
+                finally:
+                    e.close()
                 if e.code != 429 and e.code < 500:
                     hint = ""
                     if e.code in (401, 403):
@@ -290,8 +454,9 @@ class LLMJudge:
                 problem = f"HTTP {e.code} {self._redact(e.reason)}: {self._quote(text, 120)}"
                 retry_after = _retry_after_s(e.headers.get("Retry-After") if e.headers else None)
             except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-                reason = getattr(e, "reason", e)
-                problem = f"{type(e).__name__}: {self._redact(reason)}"
+                reason = getattr(e, "reason", e)  # urllib wraps what failed while connecting in a URLError
+                kind = type(reason).__name__ if isinstance(reason, BaseException) else type(e).__name__
+                problem = f"{kind}: {self._redact(reason)}"
             if attempt == self.retries:
                 raise JudgeError(f"judge {self.name}: request failed {self.retries + 1} "
                                  f"time{'s' if self.retries else ''}, last: {problem}; "
@@ -300,6 +465,47 @@ class LLMJudge:
             logger.warning("judge %s: %s; retry %d/%d in %.1fs", self.name, problem, attempt + 1, self.retries, wait)
             time.sleep(wait)
         raise AssertionError("unreachable")
+
+
+    def _read_reply(self, response) -> str:
+        """The whole body of a 2xx reply as text: at most MAX_REPLY_BYTES, else a JudgeError naming the size; a body
+        shorter than its Content-Length is an IncompleteRead (retried)."""
+        declared = response.headers.get("Content-Length")
+        try:
+            length = int(declared) if declared is not None else None
+        except ValueError:
+            length = None
+        too_big = (f"judge {self.name}: the reply from {self.endpoint} is %s, over the {MAX_REPLY_BYTES >> 20} MiB "
+                   "a judge reads (a verdict is a few hundred bytes); is --judge.llm-url a chat-completions endpoint?")
+        if length is not None and length > MAX_REPLY_BYTES:
+            raise JudgeError(too_big % f"{length} bytes (its Content-Length)")
+        body, more = _read_capped(response, MAX_REPLY_BYTES)
+        if more:
+            raise JudgeError(too_big % f"more than {MAX_REPLY_BYTES} bytes (reading stopped there)")
+        if length is not None and len(body) < length:
+            raise http.client.IncompleteRead(bytes(body), length - len(body))
+        return body.decode("utf-8", errors="replace")
+
+    def _error_text(self, e: urllib.error.HTTPError) -> str:
+        """The start of an HTTP error's body ('' if it cannot be read by the deadline)."""
+        if e.fp is None:
+            return ""
+        try:
+            return _read_capped(e, _ERROR_BODY_BYTES)[0].decode("utf-8", errors="replace")
+        except (OSError, http.client.HTTPException, ValueError):
+            return ""
+
+    def _redirect_error(self, e: urllib.error.HTTPError) -> JudgeError:
+        location = e.headers.get("Location") if e.headers else None
+        if location:
+            target = origin(urllib.parse.urljoin(self._request_url, location.strip()))
+            where = "the same origin" if target == origin(self._request_url) else "another origin"
+            to = f"a redirect to {self._redact(target)} ({where})"
+        else:
+            to = "a redirect without a Location"
+        return JudgeError(f"judge {self.name}: {self.endpoint} answered HTTP {e.code}, {to}; redirects are not "
+                          "followed, so the request and its credentials go to the configured endpoint only: set "
+                          "--judge.llm-url (or RLCF_JUDGE_URL) to the final address")
 
 
 def _retry_after_s(value: str | None) -> float | None:
