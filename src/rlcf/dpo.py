@@ -67,9 +67,11 @@ def load_dpo_rows(cfg: DPOStageConfig, tokenizer, path: str | None = None, split
     use_chat = use_chat_template(tokenizer, cfg.chat_template)
     out = []
     for i, rec in enumerate(records):
-        row = {"prompt_ids": encode_prompt(tokenizer, rec["prompt"], use_chat)}
+        where = f"{path}, row {i + 1}, field '{col['prompt']}'"
+        row = {"prompt_ids": encode_prompt(tokenizer, rec["prompt"], use_chat, cfg.data.max_length, where)}
         for side in ("chosen", "rejected"):
-            row[f"{side}_ids"] = encode_response(tokenizer, rec[side])
+            where = f"{path}, row {i + 1}, field '{col[side]}'"
+            row[f"{side}_ids"] = encode_response(tokenizer, rec[side], cfg.data.max_length, where)
             check_length(len(row["prompt_ids"]) + len(row[f"{side}_ids"]), cfg.data.max_length,
                          f"{path}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
         out.append(row)

@@ -96,8 +96,8 @@ def load_sft_rows(cfg: SFTConfig, tokenizer, path: str | None = None, split: str
         else:
             where = f"{path}, row {i + 1}, fields '{col['prompt']}' + '{col['completion']}'"
             prompt, completion = rec["prompt"], rec["completion"]
-        prompt_ids = encode_prompt(tokenizer, prompt, use_chat)
-        completion_ids = encode_response(tokenizer, completion)
+        prompt_ids = encode_prompt(tokenizer, prompt, use_chat, cfg.data.max_length, where)
+        completion_ids = encode_response(tokenizer, completion, cfg.data.max_length, where)
         check_length(len(prompt_ids) + len(completion_ids), cfg.data.max_length, where)
         out.append({"prompt_ids": prompt_ids, "completion_ids": completion_ids})
     return out

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from .loading import check_length
+from .loading import check_length, prompt_token_ids, text_token_ids
 
 
 def left_pad(batch: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -30,22 +30,23 @@ def use_chat_template(tokenizer, chat_template: str) -> bool:
     return chat_template == "on" or (chat_template == "auto" and bool(tokenizer.chat_template))
 
 
-def encode_prompt(tokenizer, prompt: str | list[dict], use_chat: bool) -> list[int]:
+def encode_prompt(tokenizer, prompt: str | list[dict], use_chat: bool, max_tokens: int | None = None,
+                  where: str = "prompt", option: str = "--data.max-length") -> list[int]:
     """Prompt token ids. A message list (or a string when use_chat) goes through the chat template with the
-    generation prompt, so the response starts where generation would start."""
-    if isinstance(prompt, list) or use_chat:
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-        return list(out["input_ids"])
-    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    generation prompt, so the response starts where generation would start. A template that raises, a NUL or a lone
+    surrogate is a DataError naming `where` (the file and row) and the tokenizer; with max_tokens, so is a prompt over
+    it, a huge one found from a prefix without tokenizing it whole."""
+    return prompt_token_ids(tokenizer, prompt, use_chat, where, max_tokens, option)
 
 
-def encode_response(tokenizer, text: str) -> list[int]:
+def encode_response(tokenizer, text: str, max_tokens: int | None = None, where: str = "response",
+                    option: str = "--data.max-length") -> list[int]:
     """Response token ids ending in EOS (appended unless the text already ends with it), so the model learns
-    to stop, as generation does in the rollout."""
+    to stop, as generation does in the rollout. With max_tokens, a text far over it is refused before it is
+    tokenized whole (the caller checks the exact length)."""
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set one (tokenizer.eos_token) in the model folder")
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = text_token_ids(tokenizer, text, False, max_tokens, where, option)
     return ids if ids and ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
 
 
@@ -64,7 +65,8 @@ def tokenize_responses(responses: list[str], tokenizer, max_tokens: int, source:
     """Token ids of each fixed response with EOS appended (the response ends there, as a sampled one would)."""
     out = []
     for i, text in enumerate(responses):
-        ids = encode_response(tokenizer, text)
-        check_length(len(ids), max_tokens, f"{source}, row {i + 1}, field 'response'", "--rollout.max-new-tokens")
+        where = f"{source}, row {i + 1}, field 'response'"
+        ids = encode_response(tokenizer, text, max_tokens, where, "--rollout.max-new-tokens")
+        check_length(len(ids), max_tokens, where, "--rollout.max-new-tokens")
         out.append(ids)
     return out
