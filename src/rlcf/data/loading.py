@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import datasets
 import jinja2
@@ -338,6 +338,11 @@ def check_length(n_tokens: int, limit: int, where: str, option: str = "--data.ma
 class Prompt:
     text: str  # what the reward sees
     chat: list[dict] | None  # chat messages, when the prompt is (or is wrapped as) a conversation
+    columns: dict = field(default_factory=dict)  # the row's other columns (a reference answer, a test case...)
+
+
+def _others(row: dict, column: str) -> dict:
+    return {k: v for k, v in row.items() if k != column}
 
 
 def load_prompts(source: str, column: str = "prompt", split: str = "train") -> list[Prompt]:
@@ -359,12 +364,12 @@ def load_prompts(source: str, column: str = "prompt", split: str = "train") -> l
         if column not in row:  # JSON lines need not all have the same fields
             raise DataError(f"{where}: missing; add the field or remove the row")
         if isinstance(value, list):
-            prompts.append(Prompt(text=_messages_text(value, where), chat=value))
+            prompts.append(Prompt(text=_messages_text(value, where), chat=value, columns=_others(row, column)))
         elif isinstance(value, str):
             if not value.strip():
                 raise DataError(f"{where}: empty prompt; remove the row or fill it in")
             check_text(value, where)
-            prompts.append(Prompt(text=value, chat=None))
+            prompts.append(Prompt(text=value, chat=None, columns=_others(row, column)))
         else:
             raise DataError(f"{where}: expected a string or a list of chat messages, got {_type_name(value)}; "
                             "fix or remove the row")

@@ -1,4 +1,10 @@
-"""Reward sources (a Python callable, an HF sequence-classification model) and score preprocessing.
+"""Reward sources (Python callables, an HF sequence-classification model, a remote reward server), combined with
+weights, and score preprocessing.
+
+A reward function is `(prompts, responses) -> one float per response`; it may also take the prompt rows' other
+columns as keyword arguments (a reference answer, a test case, a label), declared by its signature: a parameter
+named after a column gets that column's values, one per response, and `**kwargs` gets them all (as TRL passes a
+dataset's columns to its reward functions).
 
 A user's scoring function (the reward, a gold scorer) is never trusted: what it raises, a call that never
 returns (with a timeout) and what it returns (a count, a non-number, a NaN) all become a RewardError, one
@@ -8,6 +14,7 @@ line naming the function, the problem and the batch, the original exception chai
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import numbers
 import threading
@@ -18,6 +25,8 @@ from torch import Tensor
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from ..models.hub import resolve_reward_model
+from .http import public_url
+from .remote import RemoteReward, RemoteRewardError
 
 
 class RewardError(ValueError):
@@ -64,17 +73,19 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def call_with_timeout(fn: Callable, args: tuple, timeout_s: float | None, spec: str, what: str = "reward function"):
-    """fn(*args), with a RewardError naming `spec` when it raises or does not return within timeout_s seconds.
+def call_with_timeout(fn: Callable, args: tuple, timeout_s: float | None, spec: str, what: str = "reward function",
+                      kwargs: dict | None = None):
+    """fn(*args, **kwargs), with a RewardError naming `spec` when it raises or does not return within timeout_s seconds.
 
     timeout_s=None calls fn in this thread. Otherwise fn runs in a daemon thread: a thread cannot be killed,
     so a call that hangs is abandoned (it keeps its thread until it returns, its result is dropped) and the
     process can still exit. The caller's torch grad mode and CUDA device are set in that thread too.
     """
     n = len(args[-1]) if args and hasattr(args[-1], "__len__") else "?"
+    kwargs = kwargs or {}
     if timeout_s is None:
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except Exception as e:
             raise RewardError(f"{what} {spec!r} raised {type(e).__name__}: {_one_line(e)} "
                               f"(on a batch of {n} responses)", spec) from e
@@ -88,7 +99,7 @@ def call_with_timeout(fn: Callable, args: tuple, timeout_s: float | None, spec: 
             if cuda_device is not None:
                 torch.cuda.set_device(cuda_device)
             with torch.set_grad_enabled(grad):
-                box["value"] = fn(*args)
+                box["value"] = fn(*args, **kwargs)
         except BaseException as e:  # handed to the caller's thread
             box["error"] = e
         finally:
@@ -115,10 +126,26 @@ class ScoreFunction:
                              "or None for no timeout")
         self.fn, self.spec, self.what, self.timeout_s = fn, spec, what, timeout_s
         self.name = spec
+        try:
+            params = list(inspect.signature(fn).parameters.values())[2:]  # after (prompts, responses)
+        except (TypeError, ValueError):  # a builtin or C function without a signature: (prompts, responses) only
+            params = []
+        self.takes_all = any(p.kind is p.VAR_KEYWORD for p in params)
+        self.column_args = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        self.required_columns = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                                 and p.default is p.empty]
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], **columns) -> Tensor:
+        """Scores [B]; `columns` (name -> one value per response) are passed on as the function's signature asks."""
         prompts, responses = list(prompts), list(responses)
-        values = call_with_timeout(self.fn, (prompts, responses), self.timeout_s, self.spec, self.what)
+        kwargs = dict(columns) if self.takes_all else {k: v for k, v in columns.items() if k in self.column_args}
+        missing = [c for c in self.required_columns if c not in kwargs]
+        if missing:
+            raise RewardError(f"{self.what} {self.spec!r} takes {', '.join(missing)}, but the prompt rows have no "
+                              f"such column{'s' if len(missing) > 1 else ''} (they have: "
+                              f"{', '.join(sorted(columns)) or 'none besides the prompt'}); add it to the prompt file "
+                              "or give the parameter a default", self.spec)
+        values = call_with_timeout(self.fn, (prompts, responses), self.timeout_s, self.spec, self.what, kwargs)
         return check_scores(values, prompts, responses, self.spec, self.what)
 
     def __repr__(self) -> str:
@@ -183,29 +210,64 @@ def check_scores(values, prompts: Sequence[str], responses: Sequence[str], sourc
 
 
 class RewardSource:
-    """Calls a `(prompts, responses) -> floats` function, or scores with an HF reward model.
+    """The reward the trainer optimises: one component, or a weighted sum of several, each scored on the same
+    responses. Components, in this order: a reward model (`model`), reward functions (`functions`, or `function`
+    when no functions are given and no model is), a reward server (`url`). `weights`: one per component (empty: all
+    1). After each call `last_components` holds every component's raw scores [B], for logging.
 
-    A function's NaN or inf is an error naming the row (a bug in the function); a reward model's (a half-precision
-    overflow, a rare input) passes through, and the trainer skips that batch's update (bounded in a row).
-
-    timeout_s: seconds a reward function may take on one batch before it is a RewardError (None: no limit, the
-    call stays in this thread). Applies to a function only; a reward model runs in this thread.
+    A function's NaN or inf is an error naming the row (a bug in the function); a reward model's or server's (a
+    half-precision overflow, a rare input) passes through, and the trainer skips that batch's update (bounded in a
+    row). timeout_s: seconds a reward function or one server request may take on one batch (None: a function has
+    no limit and stays in this thread); a reward model runs in this thread.
     """
 
     def __init__(self, function: str | None = None, model: str | None = None, batch_size: int = 32, device="cpu",
-                 trust_remote_code: bool = False, timeout_s: float | None = None):
+                 trust_remote_code: bool = False, timeout_s: float | None = None, functions: Sequence[str] = (),
+                 weights: Sequence[float] = (), url: str | None = None, retries: int = 3,
+                 api_key_env: str = "RLCF_REWARD_API_KEY"):
+        self.components: list[tuple[str, str, str, Callable]] = []  # (name, what, spec, scorer)
         if model:
-            self.name, self.what = model, "reward model"
-            self._fn = HFRewardModel(model, batch_size=batch_size, device=device, trust_remote_code=trust_remote_code)
-        elif function:
-            self.name, self.what = function, "reward function"
-            self._fn = load_callable(function, "reward function", timeout_s)
-        else:
-            raise ValueError("reward: set reward.function ('module:function') or reward.model (a folder or hub id)")
+            self.components.append(("model", "reward model", model, HFRewardModel(
+                model, batch_size=batch_size, device=device, trust_remote_code=trust_remote_code)))
+        for spec in list(functions) or ([function] if function and not model else []):
+            fn = load_callable(spec, "reward function", timeout_s)
+            name = spec.rpartition(":")[2].rpartition(".")[2]
+            while name in {c[0] for c in self.components}:
+                name += "_"
+            self.components.append((name, "reward function", spec, fn))
+        if url:
+            server = RemoteReward(url, batch_size, timeout_s, retries, api_key_env)
+            self.components.append(("remote", "reward server", public_url(url), server))
+        if not self.components:
+            raise ValueError("reward: set reward.function ('module:function'), reward.functions, reward.model (a "
+                             "folder or hub id) or reward.url (a reward server)")
+        if weights and len(weights) != len(self.components):
+            raise ValueError(f"reward.weights: {len(weights)} weights for {len(self.components)} reward components "
+                             f"({', '.join(c[2] for c in self.components)}); give one weight each, in that order")
+        self.weights = [float(w) for w in weights] if weights else [1.0] * len(self.components)
+        single = len(self.components) == 1
+        self.name = self.components[0][2] if single else " + ".join(
+            f"{w:g} * {c[2]}" for w, c in zip(self.weights, self.components))
+        self.what = self.components[0][1] if single else "reward"
+        self.last_components: dict[str, Tensor] = {}
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
-        return check_scores(self._fn(list(prompts), list(responses)), prompts, responses, self.name, self.what,
-                            finite=self.what == "reward function")
+    def __call__(self, prompts: list[str], responses: list[str], columns: dict[str, list] | None = None) -> Tensor:
+        """The weighted sum of the components' scores [B]; `columns`: the prompt rows' other columns, one value per
+        response each, for reward functions and servers that take them."""
+        prompts, responses, columns = list(prompts), list(responses), columns or {}
+        total, self.last_components = None, {}
+        for (name, what, spec, scorer), weight in zip(self.components, self.weights):
+            if what == "reward model":
+                values = scorer(prompts, responses)
+            else:
+                try:
+                    values = scorer(prompts, responses, **columns)
+                except RemoteRewardError as e:
+                    raise RewardError(str(e), spec) from e
+            scores = check_scores(values, prompts, responses, spec, what, finite=what == "reward function")
+            self.last_components[name] = scores
+            total = weight * scores if total is None else total + weight * scores
+        return total
 
 
 def reward_texts(tokenizer, prompts, responses) -> list[str]:

@@ -99,11 +99,17 @@ class RolloutEngine:
 
     @torch.no_grad()
     def run(self, prompts: list[str], query_ids: Tensor, query_mask: Tensor, timings: Timings,
-            need_old: bool = True) -> Rollout:
+            need_old: bool = True, columns: list[dict] | None = None, scale: bool = True) -> Rollout:
         """prompts/query_* hold one row per prompt; each is repeated K times on consecutive rows.
-        need_old=False: leave logprobs (and values) to the update's own forward (a rollout used exactly once)."""
+        need_old=False: leave logprobs (and values) to the update's own forward (a rollout used exactly once).
+        columns: each prompt row's other columns, handed to the reward (repeated K times, one value per response).
+        scale=False: leave the reward scaler's statistics alone (an evaluation, not a training batch)."""
         k = self.cfg.group_size
         prompts_k = [p for p in prompts for _ in range(k)]
+        extra = {}
+        if columns and any(columns):
+            extra["columns"] = {name: [row.get(name) for row in columns for _ in range(k)]
+                                for name in dict.fromkeys(n for row in columns for n in row)}
         query_ids = query_ids.repeat_interleave(k, dim=0)
         query_mask = query_mask.repeat_interleave(k, dim=0)
 
@@ -118,11 +124,11 @@ class RolloutEngine:
         # 2. score the decoded text (the reward may use its own tokenizer)
         t0 = time.perf_counter()
         responses = decode_responses(self.tokenizer, response_ids, response_mask)
-        raw = self.reward(prompts_k, responses)
+        raw = self.reward(prompts_k, responses, **extra)
         timings.score += time.perf_counter() - t0
         with eval_mode(self.models):
             rollout = self.complete(prompts_k, responses, query_ids, query_mask, response_ids, response_mask,
-                                    truncated, raw, k, timings, need_old, gen.hidden)
+                                    truncated, raw, k, timings, need_old, gen.hidden, scale)
         if gen.logprobs is not None:
             rollout.sampler_logprobs = gen.logprobs.to(response_mask.device) * response_mask
         return rollout
@@ -138,7 +144,7 @@ class RolloutEngine:
                                  rewards, 1, timings, need_old)
 
     def complete(self, prompts, responses, query_ids, query_mask, response_ids, response_mask, truncated, raw, k,
-                 timings, need_old: bool = True, hidden: Tensor | None = None) -> Rollout:
+                 timings, need_old: bool = True, hidden: Tensor | None = None, scale: bool = True) -> Rollout:
         """Preprocess the scores, then reference (and old, values) log-probs in bounded chunks."""
         # a reward function's scores (and an offline file's rewards) arrive on the CPU; every tensor the update and
         # the gathers across processes meet must sit on the model's device
@@ -147,7 +153,7 @@ class RolloutEngine:
         if self.cfg.missing_eos_penalty is not None:
             scores = scores - self.cfg.missing_eos_penalty * truncated.float()
         every = self.gather(scores)
-        if bool(torch.isfinite(every).all()):  # a non-finite batch is skipped by the trainer: keep it out of the stats
+        if scale and bool(torch.isfinite(every).all()):  # a non-finite batch is skipped by the trainer: keep it out
             scores = self.scaler(scores, every)
         t0 = time.perf_counter()
         logprobs, ref_logprobs, values, hiddens = [], [], [], []
@@ -186,16 +192,19 @@ class SampledRollouts:
     """Online source of the trainer's rollouts: each step samples K responses to its prompts and scores them."""
 
     def __init__(self, engine: RolloutEngine, prompts: list[str], prompt_ids: list[list[int]], group_size: int,
-                 device="cpu"):
+                 device="cpu", columns: list[dict] | None = None):
         self.engine, self.prompts, self.prompt_ids, self.group_size = engine, prompts, prompt_ids, group_size
         self.device = device
+        self.columns = columns
+        """Each prompt row's other columns (for rewards that take them), or None."""
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def rollout(self, idx: list[int], timings: Timings, need_old: bool = True) -> Rollout:
         ids, mask = _queries(self.engine, [self.prompt_ids[i] for i in idx], self.device)
-        return self.engine.run([self.prompts[i] for i in idx], ids, mask, timings, need_old=need_old)
+        columns = [self.columns[i] for i in idx] if self.columns else None
+        return self.engine.run([self.prompts[i] for i in idx], ids, mask, timings, need_old=need_old, columns=columns)
 
 
 class FixedRollouts:
