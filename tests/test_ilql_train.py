@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+from huggingface_hub import ModelCard
 from test_offline_rl import DRY, VOWELLY, mean_seq_logprob, offline_config, write_offline_data
 
 from rlcf.train.offline import load_offline_rows
@@ -26,6 +27,8 @@ def test_ilql_prefers_the_rewarded_responses_through_its_advantage(tiny_model_di
     cfg.ilql.beta, cfg.ilql.alpha, cfg.ilql.steps_for_target_q_sync = 4.0, 1.0, 1
     final = train(cfg)
     assert json.loads((final / "ilql.json").read_text())["beta"] == 4.0
+    card = ModelCard.load(final / "README.md")  # the model card, as after every training command
+    assert "ilql" in card.data.tags and "rlcf train --config rlcf_config.yaml" in card.text
     rows = [json.loads(x) for x in (tmp_path / "ilql" / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[1], rows[-1]
     assert last["loss/awac"] < first["loss/awac"]  # behaviour cloning learns the data

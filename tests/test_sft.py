@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 import torch
 import yaml
 
@@ -43,6 +44,8 @@ def test_sft_lowers_held_out_completion_nll(tiny_model_dir, tmp_path):
     assert [r["step"] for r in rows] == list(range(0, 31))
     assert {"loss/nll", "optim/grad_norm", "perf/step_s", "perf/rows_per_s", "epoch"} <= set(rows[1])
     assert (final / "model.safetensors").exists() and (Path(tmp_path / "out") / "config.yaml").exists()
+    card = ModelCard.load(final / "README.md")  # the model card, as after every training command
+    assert "sft" in card.data.tags and card.data.library_name == "transformers"
 
 
 def test_eval_path_replaces_the_held_out_share(tiny_model_dir, tmp_path):

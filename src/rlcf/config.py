@@ -265,9 +265,20 @@ class RewardConfig:
     """Where scores come from and how they are preprocessed."""
 
     function: Optional[str] = "rlcf.demo.task:reward"
-    """Python reward 'module:function' taking (prompts, responses) and returning floats."""
+    """Python reward 'module:function' taking (prompts, responses) and returning floats; it may also take the prompt
+    rows' other columns as keyword arguments (by name, or all with **kwargs)."""
+    functions: tuple[str, ...] = ()
+    """Several reward functions 'module:function', summed with reward.weights; given, they replace reward.function."""
     model: Optional[str] = None
-    """HF sequence-classification reward model (folder or hub id); used instead of function when set."""
+    """HF sequence-classification reward model (folder or hub id); used instead of function when set, and summed
+    with reward.functions and reward.url when those are set."""
+    url: Optional[str] = None
+    """A reward server (http[s]://...): POST {"prompts", "responses", <columns>} as JSON, reply {"scores": [...]};
+    summed with the other components. A key in $RLCF_REWARD_API_KEY goes as a Bearer header."""
+    weights: tuple[float, ...] = ()
+    """One weight per reward component, in the order model, functions (or function), url; empty: all 1."""
+    retries: int = field(default=3, metadata=at_least(0, neutral=True))
+    """Retries of a failed request to the reward server (with backoff)."""
     gold: Optional[str] = field(default=None, metadata=NEUTRAL)
     """Optional gold scorer 'module:function', logged as gold/mean, never trained on."""
     batch_size: int = field(default=32, metadata=at_least(1, neutral=True))
@@ -277,7 +288,8 @@ class RewardConfig:
     scaling: Literal["running", "ref", "none"] = "running"
     """running: divide by the running std of all scores; ref: by the first batch's std; none."""
     timeout_s: Optional[float] = field(default=600.0, metadata=above(0, neutral=True))
-    """Longest wait for one batch from a reward function (or the server it calls), in seconds; None waits forever."""
+    """Longest wait for one batch from a reward function (or the server it calls), or for one request to the reward
+    server, in seconds; None waits forever (a reward server then waits 600 s)."""
 
 
 @dataclass
@@ -384,6 +396,18 @@ class TrainConfig(RunControl):
     """Wrap string prompts in the tokenizer's chat template: auto = when the tokenizer has one."""
     steps: int = field(default=20, metadata=at_least(1, neutral=True))
     """Training steps (one rollout batch each)."""
+    eval_every: int = field(default=0, metadata=at_least(0, neutral=True))
+    """Evaluate the policy on held-out prompts every N steps (and after the last); 0: never. Logged as eval/ in
+    metrics.jsonl, a few samples in samples.jsonl; it changes nothing of what the run trains on."""
+    eval_prompts: Optional[str] = field(default=None, metadata=NEUTRAL)
+    """Held-out prompts for --eval-every: a file or hub dataset (its eval_split), or None for the demo's test split
+    when prompts is 'demo'."""
+    eval_split: str = field(default="test", metadata=NEUTRAL)
+    """Split of a hub dataset (or of the demo prompts) given as eval_prompts."""
+    eval_max_prompts: int = field(default=32, metadata=at_least(1, neutral=True))
+    """Held-out prompts evaluated each time (the first N)."""
+    eval_samples: int = field(default=4, metadata=at_least(0, neutral=True))
+    """Sample rows written to samples.jsonl and the trackers' text table at each evaluation."""
     output_dir: str = field(default="runs/train", metadata=NEUTRAL)
     """Where config, metrics.jsonl, checkpoints and the final model go."""
     save_every: int = field(default=10, metadata=at_least(0, neutral=True))

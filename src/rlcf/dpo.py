@@ -1,4 +1,5 @@
-"""Offline training on fixed data. `rlcf dpo`: DPO on (prompt, chosen, rejected) pairs (losses/dpo.py).
+"""Offline training on fixed data. `rlcf dpo`: DPO on (prompt, chosen, rejected) pairs (losses/dpo.py), in any
+shape `data.pairs` reads (string pairs, conversational with an explicit or implicit prompt, plain-text dialogue).
 
 The reference is the frozen initial policy, in any of PolicyModels' modes (model.reference: copy, top_blocks,
 lora). Each pair is one prompt (left-padded, chat template as configured) followed by the chosen and the
@@ -14,15 +15,22 @@ from accelerate.utils import set_seed
 from torch import Tensor
 
 from .config import DPOStageConfig
-from .data.loading import check_length, load_records, parse_columns
-from .data.tokens import encode_prompt, encode_response, left_pad, right_pad, use_chat_template
+from .data.loading import check_length
+from .data.pairs import load_pairs
+from .data.tokens import (
+    encode_chat_response,
+    encode_prompt,
+    encode_response,
+    left_pad,
+    right_pad,
+    use_chat_template,
+)
+from .files import main_process
 from .losses.dpo import dpo_loss
 from .models.hub import load_tokenizer
 from .models.policy import build_models
 from .train.supervised import Stage, claim_run, run_stage
 from .validate import validate
-
-FIELDS = ("prompt", "chosen", "rejected")
 
 
 def run_dpo(cfg: DPOStageConfig) -> Path:
@@ -60,20 +68,26 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
 
 def load_dpo_rows(cfg: DPOStageConfig, tokenizer, path: str | None = None, split: str | None = None) -> list[dict]:
     """[{'prompt_ids', 'chosen_ids', 'rejected_ids'}] per pair, validated (errors name the file, row and field).
+    Pairs come in any shape `data.pairs` reads (the shape is printed). A string response ends in EOS; a
+    conversational one is the chat template of the whole conversation past the prompt's (encode_chat_response).
     path and split default to cfg.data's."""
     path, split = path or cfg.data.path, split or cfg.data.split
-    records = load_records(path, text=FIELDS, columns=cfg.data.columns, split=split)
-    col = {f: parse_columns(cfg.data.columns, FIELDS).get(f, f) for f in FIELDS}
+    pairs = load_pairs(path, cfg.data.columns, split)
+    if main_process():
+        print(pairs.summary("rlcf dpo"), flush=True)
     use_chat = use_chat_template(tokenizer, cfg.chat_template)
+    limit = cfg.data.max_length
     out = []
-    for i, rec in enumerate(records):
-        where = f"{path}, row {i + 1}, field '{col['prompt']}'"
-        row = {"prompt_ids": encode_prompt(tokenizer, rec["prompt"], use_chat, cfg.data.max_length, where)}
+    for i, rec in enumerate(pairs.rows):
+        row = {"prompt_ids": encode_prompt(tokenizer, rec["prompt"], use_chat, limit, pairs.where(i, "prompt"))}
         for side in ("chosen", "rejected"):
-            where = f"{path}, row {i + 1}, field '{col[side]}'"
-            row[f"{side}_ids"] = encode_response(tokenizer, rec[side], cfg.data.max_length, where)
-            check_length(len(row["prompt_ids"]) + len(row[f"{side}_ids"]), cfg.data.max_length,
-                         f"{path}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
+            where = pairs.where(i, side)
+            if isinstance(rec[side], list):
+                ids = encode_chat_response(tokenizer, rec["prompt"], rec[side], row["prompt_ids"], limit, where)
+            else:
+                ids = encode_response(tokenizer, rec[side], limit, where)
+            row[f"{side}_ids"] = ids
+            check_length(len(row["prompt_ids"]) + len(ids), limit, pairs.where(i, "prompt", side))
         out.append(row)
     return out
 

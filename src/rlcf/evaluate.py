@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,6 +39,7 @@ from .config import EvalConfig, RolloutConfig
 from .data.loading import Prompt, load_prompts, prepare_prompts
 from .data.tokens import left_pad
 from .errors import DataError
+from .files import RunLock, atomic_write, main_process
 from .generation import make_backend
 from .generation.base import GenerationBackend, eval_mode
 from .generation.hf import HFBackend
@@ -48,6 +50,7 @@ from .models.logprobs import response_logprobs
 from .rewards.judges import Judge, make_judge, public_url
 from .rewards.sources import RewardSource, check_scores, load_callable
 from .train.rollout import eos_token_ids, response_mask_from_ids
+from .train.safety import RunStopped, StopSignals, check_new_tokens, stop_grace_s
 
 Scorer = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -173,14 +176,18 @@ def evaluate(policy, reference, tokenizer, prompts: Sequence[Prompt | str], roll
              samples_per_prompt: int = 1, reward: Scorer | None = None, gold: Scorer | None = None,
              judge: Judge | None = None, chat_template: str = "auto", seed: int = 0,
              source: str = "prompts",
-             backends: dict[str, Callable[[], GenerationBackend]] | None = None) -> EvalResult:
+             backends: dict[str, Callable[[], GenerationBackend]] | None = None,
+             names: tuple[str, str] = ("the policy", "the reference"),
+             stop_check: Callable[[str], None] | None = None) -> EvalResult:
     """Evaluate `policy` against `reference` (causal LMs sharing `tokenizer`) on `prompts`.
 
     Pass the same object as policy and reference to measure a model against itself (KL is then exactly 0).
     The caller's torch random state is left as it was. backends: {"policy": make, "reference": make}, each making
     the generation backend that samples that side (default: the hf backend on the module itself); one lives at
-    a time.
+    a time. names: the two models as messages name them. stop_check(done): called between the phases (sampling each
+    side, log-probs, scores) with what is done so far; it raises to stop (a signal).
     """
+    stop_check = stop_check or (lambda done: None)
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt={samples_per_prompt}: must be >= 1")
     if not rollout.temperature > 0:
@@ -197,6 +204,9 @@ def evaluate(policy, reference, tokenizer, prompts: Sequence[Prompt | str], roll
 
     prompts, prompt_ids = prepare_prompts(prompts, tokenizer, rollout.max_prompt_tokens, chat_template, source,
                                           rollout.long_prompts)
+    longest = max(map(len, prompt_ids), default=0)
+    for model, name in zip((policy, reference), names):  # a response length the models cannot hold is refused
+        check_new_tokens(rollout.max_new_tokens, longest, model.config, name)
     query_ids, query_mask = left_pad([ids for ids in prompt_ids for _ in range(k)], pad_id)
     query_ids, query_mask = query_ids.to(device), query_mask.to(device)
     texts = [p.text for p in prompts for _ in range(k)]
@@ -207,6 +217,7 @@ def evaluate(policy, reference, tokenizer, prompts: Sequence[Prompt | str], roll
     sides = {}
     forked = [device] if device.type == "cuda" else []
     for i, (name, model) in enumerate((("policy", policy), ("reference", reference))):
+        stop_check("nothing sampled yet" if i == 0 else "the policy sampled")
         with torch.random.fork_rng(devices=forked):
             torch.manual_seed(seed * 1000003 + i)
             make = (backends or {}).get(name) or (lambda: HFBackend(model, pad_id, eos_ids, chunk))
@@ -220,6 +231,7 @@ def evaluate(policy, reference, tokenizer, prompts: Sequence[Prompt | str], roll
     timings["generate_s"] = time.perf_counter() - t0
 
     # 2. log-probs of the policy's samples under both models, at the sampling temperature
+    stop_check("both models sampled")
     t0 = time.perf_counter()
     pol = sides["policy"]
     logprobs = token_logprobs(policy, query_ids, query_mask, pol.response_ids, pol.mask, rollout.temperature,
@@ -230,6 +242,7 @@ def evaluate(policy, reference, tokenizer, prompts: Sequence[Prompt | str], roll
     timings["logprobs_s"] = time.perf_counter() - t0
 
     # 3. scores and the judge
+    stop_check("sampled, log-probs computed")
     t0 = time.perf_counter()
     for side in sides.values():
         side.rewards = _score(reward, "reward", texts, side.responses)
@@ -297,7 +310,11 @@ def _public_config(cfg: EvalConfig) -> dict:
 
 
 def run_eval(cfg: EvalConfig) -> Path:
-    """`rlcf eval`: writes cfg.output (JSON report) and a sibling .samples.jsonl; prints a table; returns the report path."""
+    """`rlcf eval`: writes cfg.output (JSON report) and a sibling .samples.jsonl; prints a table; returns the report path.
+
+    One evaluation per --output at a time (a lock beside it). SIGTERM or Ctrl-C stops it between its phases
+    (exit 143 / 130; a second signal, or a phase that does not end within RLCF_STOP_GRACE_S of SIGTERM, at once);
+    nothing is written then: an evaluation is not resumed, it is run again. Both files are written atomically."""
     t_start = time.perf_counter()
     if cfg.max_prompts is not None and cfg.max_prompts < 1:
         raise ValueError(f"max_prompts={cfg.max_prompts}: must be >= 1, or None for all prompts")
@@ -318,6 +335,27 @@ def run_eval(cfg: EvalConfig) -> Path:
     else:
         judge = make_judge(cfg.judge, reward, reward_name or "reward", gold, cfg.gold or "gold")
 
+    stop_grace_s()  # a bad RLCF_STOP_GRACE_S is refused before anything is written
+    out = Path(cfg.output)
+    lock = RunLock(out, "--output").acquire() if main_process() else None  # one evaluation per output at a time
+    rerun = "nothing was written: run the same command again to evaluate"
+    try:
+        with StopSignals("phase", "stopping", "rlcf eval", lambda: rerun) as signals:
+            def stop_check(done: str) -> None:
+                got = signals.requested()
+                if got:
+                    signals.boundary()
+                    raise RunStopped(f"stopped by {signal.Signals(got).name} ({done}); {rerun}", got)
+
+            return _run_eval(cfg, prompts, t_start, device, reward, reward_name, gold, judge, judge_note, out,
+                             stop_check)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_eval(cfg: EvalConfig, prompts: list, t_start: float, device: str, reward, reward_name, gold, judge,
+              judge_note, out: Path, stop_check: Callable[[str], None]) -> Path:
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     policy = load_causal_lm(cfg.model, cfg.dtype, cfg.trust_remote_code).to(device)
     if cfg.reference == cfg.model:
@@ -333,8 +371,8 @@ def run_eval(cfg: EvalConfig) -> Path:
                                   cfg.seed * 1000003 + i, cfg.trust_remote_code)
                     for i, (name, path) in enumerate((("policy", cfg.model), ("reference", cfg.reference)))}
     result = evaluate(policy, reference, tokenizer, prompts, cfg.rollout, cfg.samples_per_prompt, reward, gold, judge,
-                      cfg.chat_template, cfg.seed, cfg.prompts, backends)
-    out = Path(cfg.output)
+                      cfg.chat_template, cfg.seed, cfg.prompts, backends, (cfg.model, cfg.reference), stop_check)
+    stop_check("evaluated, nothing written yet")
     samples_path = out.with_suffix(".samples.jsonl")
     report = {
         "models": {"policy": cfg.model, "reference": cfg.reference},
@@ -348,11 +386,11 @@ def run_eval(cfg: EvalConfig) -> Path:
         "config": _public_config(cfg),
     }
     report["time_s"]["total_s"] = time.perf_counter() - t_start
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(samples_path, "w") as f:
-        for row in result.samples:
-            f.write(json.dumps(row) + "\n")
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    # the samples first, the report last: a report on disk always has its samples beside it
+    atomic_write(samples_path, "".join(json.dumps(row) + "\n" for row in result.samples),
+                 note="an earlier report there is intact; run the evaluation again")
+    atomic_write(out, json.dumps(report, indent=2) + "\n",
+                 note=f"the samples are written ({samples_path}); run the evaluation again for the report")
     print(format_table(report))
     return out
 

@@ -53,7 +53,7 @@ def run_ilql(cfg: TrainConfig) -> Path:
     # data first (before any model loads): rows, then their tokens
     rows = load_offline_rows(cfg)
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    prompts = [Prompt(text=r["prompt"], chat=None) for r in rows]
+    prompts = [Prompt(text=r["prompt"], chat=r.get("chat")) for r in rows]
     prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template,
                                   cfg.offline_data)
     response_ids = tokenize_responses([r["response"] for r in rows], tokenizer, cfg.rollout.max_new_tokens,

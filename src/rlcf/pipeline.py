@@ -9,6 +9,11 @@
 A stage is skipped when its folder holds a finished result made with the same config and the same upstream
 results (a fingerprint of both is stored beside the result), so a second run reuses everything and a
 changed setting reruns only what it affects.
+
+A stage stopped or killed mid-way is marked unfinished (its stamp says done: false, written atomically), so the next
+run redoes it, resuming where it can: label from the prompts already judged (OUTPUT.partial), rm and train from their
+last checkpoint; eval and the report are redone. One pipeline per output folder at a time (a lock beside it), and
+what can be checked before the label stage is (the reward model's --rm.num-layers against its backbone).
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import time
 from pathlib import Path
 
 from .config import PipelineConfig, PlotConfig, to_dict, wire
+from .errors import ConfigError
 from .evaluate import run_eval, wilson_interval
+from .files import RunLock, atomic_write, main_process, writing
 from .label import run_label
 from .plot import run_plot
-from .rm import run_rm
+from .rm import check_num_layers, run_rm
 from .trainer import train
 
 STAMP = ".rlcf-stage.json"
@@ -34,8 +41,12 @@ def _fingerprint(cfg, upstream: str) -> str:
 
 
 def _read_stamp(folder: Path) -> dict:
-    stamp = folder / STAMP
-    return json.loads(stamp.read_text()) if stamp.exists() else {}
+    """The stage's stamp; {} when there is none or it cannot be read (then the stage is redone)."""
+    try:
+        stamp = json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
 
 
 def _cached(folder: Path, fingerprint: str, result: Path) -> bool:
@@ -44,13 +55,27 @@ def _cached(folder: Path, fingerprint: str, result: Path) -> bool:
 
 
 def _stamp(folder: Path, fingerprint: str, done: bool, seconds: float = 0.0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / STAMP).write_text(json.dumps({"fingerprint": fingerprint, "done": done, "seconds": seconds}))
+    atomic_write(folder / STAMP, json.dumps({"fingerprint": fingerprint, "done": done, "seconds": seconds}))
 
 
 def run_pipeline(cfg: PipelineConfig) -> Path:
-    cfg = wire(cfg)
+    if not cfg.output_dir.strip():
+        raise ConfigError("--output-dir is empty; give the folder the pipeline writes into, e.g. runs/pipeline")
     out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output-dir {out} is a file, not a folder; give a new folder name")
+    cfg = wire(cfg)
+    lock = RunLock(out, "--output-dir").acquire() if main_process() else None  # one pipeline per folder at a time
+    try:
+        # what can fail late is checked before the first stage: the reward model's layers against its backbone
+        check_num_layers(cfg.rm, "--rm.num-layers")
+        return _run_stages(cfg, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_stages(cfg: PipelineConfig, out: Path) -> Path:
     stages = [
         ("label", cfg.label, out / "label", Path(cfg.label.output), run_label),
         ("rm", cfg.rm, out / "rm", Path(cfg.rm.output_dir) / "final", run_rm),
@@ -79,7 +104,7 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
     report = run_plot(PlotConfig(runs=(cfg.train.output_dir,), output_dir=str(out / "report"), title=cfg.title))
     summary = _summary(cfg, times, time.perf_counter() - t_all)
     summary["reused"] = reused
-    (out / "report" / "pipeline.json").write_text(json.dumps(summary, indent=1))
+    atomic_write(out / "report" / "pipeline.json", json.dumps(summary, indent=1))
     _append_to_report(report, summary)
     _print_summary(summary, report)
     return report
@@ -89,7 +114,8 @@ def _forget_stale_run(folder: Path) -> None:
     """A stage folder made with other settings or inputs must not be resumed from: move it aside (never delete)."""
     if folder.exists() and any(folder.iterdir()):
         stale = folder.with_name(f"{folder.name}.stale-{int(time.time())}")
-        folder.rename(stale)
+        with writing(folder):
+            folder.rename(stale)
         print(f"      (previous {folder} was made with other settings; kept as {stale})", flush=True)
 
 
@@ -147,8 +173,8 @@ def _append_to_report(report: Path, summary: dict) -> None:
     lines += sample_lines(Path(summary["eval"].get("samples_file", "")))
     lines.append(f"\nStage times (s, as first computed): {summary['seconds']}; reused by this run: "
                  f"{', '.join(summary.get('reused', [])) or 'none'}.")
-    with open(report, "a") as fh:
-        fh.write("\n".join(lines) + "\n")
+    # run_plot has just written the report whole: a failed append (a full disk) leaves it as it was
+    atomic_write(report, report.read_text() + "\n".join(lines) + "\n")
 
 
 def sample_lines(samples_file: Path, n: int = 4) -> list[str]:

@@ -17,13 +17,19 @@ What is read from each run folder (everything else is ignored):
 
 Runs with the same algorithm and KL strength (different seeds) are averaged on the frontier, with standard
 errors (sample std / sqrt(n)) as error bars.
+
+A non-finite value (NaN, inf) of a plotted metric is left out of the plots and of the final values, and said so: one
+line per run and metric on stderr, and a note in the report. The report folder's files are written atomically; a
+full disk or read-only folder is one line naming the file (files.DiskWriteError).
 """
 
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -32,6 +38,7 @@ import yaml
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from .files import atomic_write, writing
 from .losses.registry import ALGORITHMS
 
 METRIC_KEYS = {"reward": "reward/mean", "gold": "gold/mean", "kl": "kl/k1_seq"}
@@ -67,6 +74,8 @@ class RunSummary:
     final_gold: Optional[float] = None
     final_kl: Optional[float] = None
     win_rate: Optional[float] = None
+    nonfinite: dict[str, list] = field(default_factory=dict, repr=False)
+    """metric key -> the steps whose value was not finite (left out of the plots and the final values)."""
     source: str = "metrics"
     """'eval': final values from eval.json; 'metrics': mean of the last steps; 'eval+metrics': eval.json
     lacked some of them, which came from the metrics."""
@@ -188,6 +197,21 @@ def _num(value) -> Optional[float]:
     return float(value) if math.isfinite(value) else None
 
 
+def _nonfinite(value) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def nonfinite_notes(runs: list[RunSummary]) -> list[str]:
+    """One sentence per run and metric whose non-finite values were left out."""
+    notes = []
+    for run in runs:
+        for key, steps in run.nonfinite.items():
+            shown = ", ".join(str(s) for s in steps[:8]) + (f" and {len(steps) - 8} more" if len(steps) > 8 else "")
+            notes.append(f"{run.name}: {len(steps)} non-finite value{'s' if len(steps) > 1 else ''} of {key} "
+                         f"(step{'s' if len(steps) > 1 else ''} {shown}) left out of the plots and the final values")
+    return notes
+
+
 def _tail_mean(records: list[dict], key: str, last_n: int) -> Optional[float]:
     values = [v for v in (_num(r.get(key)) for r in records) if v is not None]
     return sum(values[-last_n:]) / len(values[-last_n:]) if values else None
@@ -205,6 +229,9 @@ def summarize_run(folder, last_n: int = 5, name: Optional[str] = None) -> RunSum
                      strength=strength, seed=seed if isinstance(seed, int) else None, steps=steps, records=records)
     for what, key in METRIC_KEYS.items():
         setattr(run, f"final_{what}", _tail_mean(records, key, last_n))
+        bad = [r.get("step", i + 1) for i, r in enumerate(records) if _nonfinite(r.get(key))]
+        if bad:
+            run.nonfinite[key] = bad
     run.eval = read_eval(folder)
     if run.eval:
         run.source = "eval"
@@ -291,8 +318,14 @@ def plot_over_steps(runs: list[RunSummary], keys: list[str], path: Path, title: 
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize="small", loc="best")
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    _save_figure(fig, path)
     return path
+
+
+def _save_figure(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write(path, buffer.getvalue())
 
 
 def plot_frontier(groups: list[GroupSummary], metric: str, path: Path) -> Optional[Path]:
@@ -317,7 +350,7 @@ def plot_frontier(groups: list[GroupSummary], metric: str, path: Path) -> Option
     ax.set_title(f"KL-{metric} frontier")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.savefig(path, dpi=100)
+    _save_figure(fig, path)
     return path
 
 
@@ -369,7 +402,11 @@ def write_report(runs: list[RunSummary], output_dir, title: str = "rlcf report",
     if fmt not in ("md", "html"):
         raise PlotError(f"report format '{fmt}' is not known; use md or html")
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise PlotError(f"--output-dir {out} is a file, not a folder: the report (report.{fmt} and its PNGs) goes "
+                        f"into a folder; give a folder name, e.g. {out}-report")
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     groups = aggregate(runs)
     metric = frontier_metric(runs)
     images = {
@@ -387,6 +424,7 @@ def write_report(runs: list[RunSummary], output_dir, title: str = "rlcf report",
         f"Frontier: y = final {metric}; runs of one algorithm and strength (seeds) are averaged, "
         "shown as mean ± standard error.",
     ]
+    notes += [n + "." for n in nonfinite_notes(runs)]
     if off:
         notes.append(f"Not on the frontier (no KL or no {metric} measured; run `rlcf eval --output RUN/eval.json`): "
                      + ", ".join(f"{g.algo} {g.strength_label}" for g in off) + ".")
@@ -417,11 +455,13 @@ def write_report(runs: list[RunSummary], output_dir, title: str = "rlcf report",
         parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{html.escape(n)}</li>" for n in notes] + ["</ul>",
                                                                                                 "</body></html>", ""]
         path = out / "report.html"
-    path.write_text("\n".join(parts))
+    atomic_write(path, "\n".join(parts))
     return path
 
 
 def run_plot(cfg) -> Path:
     """`rlcf plot` (PlotConfig): read cfg.runs, write the PNGs and the report into cfg.output_dir."""
     runs = collect_runs(cfg.runs)
+    for note in nonfinite_notes(runs):
+        print(f"rlcf plot: {note}", file=sys.stderr, flush=True)
     return write_report(runs, cfg.output_dir, title=cfg.title, fmt=cfg.format)

@@ -13,19 +13,24 @@ loads with `rlcf train --reward.model OUTPUT_DIR/final`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import jinja2
 import torch
 from accelerate.utils import set_seed
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from .config import RMConfig
-from .data.loading import check_length, load_records, parse_columns
+from .data.loading import check_length
+from .data.pairs import load_pairs
 from .data.tokens import right_pad
+from .errors import DataError
+from .files import main_process
 from .losses.reward import bradley_terry_loss
 from .models.hub import DTYPES, resolve_model_path
-from .rewards.sources import reward_texts
+from .rewards.sources import chat_reward_texts, reward_texts
 from .train.supervised import Stage, claim_run, run_stage
 from .validate import validate
 
@@ -34,6 +39,7 @@ PAD_TOKEN = "<|pad|>"
 def run_rm(cfg: RMConfig) -> Path:
     """Train a reward model on cfg.data.path; returns the folder of the final model (OUTPUT_DIR/final)."""
     validate(cfg)  # before anything loads (also: no --data.path)
+    check_num_layers(cfg)  # from the backbone's config alone, before the data and weights load
     set_seed(cfg.seed)
     tokenizer = load_rm_tokenizer(cfg.model, cfg.trust_remote_code)
     rows = load_rm_rows(cfg, tokenizer)  # checked before the model is loaded, so bad input fails fast
@@ -80,6 +86,18 @@ def load_rm_model(cfg: RMConfig, tokenizer) -> nn.Module:
     return model
 
 
+def check_num_layers(cfg: RMConfig, option: str = "--num-layers") -> None:
+    """cfg.num_layers against the backbone's block count, read from its config alone (no weights, no data): a
+    ValueError naming `option` and the allowed range. `rlcf pipeline` calls it before its label stage."""
+    if cfg.num_layers is None:
+        return
+    config = AutoConfig.from_pretrained(resolve_model_path(cfg.model), trust_remote_code=cfg.trust_remote_code)
+    try:
+        truncate_layers(config, cfg.num_layers, cfg.model)
+    except ValueError as e:
+        raise ValueError(str(e).replace("--num-layers", option, 1)) from None
+
+
 def truncate_layers(config, n: int, name: str) -> None:
     """Keep the first n blocks: set the config's layer count (num_hidden_layers, or the name it maps to) before
     loading, so only those blocks are built and the rest of the checkpoint is ignored."""
@@ -101,29 +119,35 @@ def load_rm_rows(cfg: RMConfig, tokenizer, path: str | None = None, split: str |
 
     Keeping a prompt's pairs in one row means a response judged in several pairs (`rlcf label` with K > 2) is
     scored once per step, not once per pair, and the held-out split never puts a response on both sides.
-    Texts are built as rewards.reward_texts builds them; every pair is validated (file, row, field). path and
-    split default to cfg.data's."""
+    Pairs come in any shape `data.pairs` reads (the shape is printed); texts are built as rewards.reward_texts
+    builds them for string prompts, and over the whole conversation (rewards.sources.chat_reward_texts) for
+    conversational pairs. Every pair is validated (file, row, field). path and split default to cfg.data's."""
     path, split = path or cfg.data.path, split or cfg.data.split
-    fields = ("prompt", "chosen", "rejected")
     numbers = ("margin",) if cfg.data.margin_column else ()
     columns = cfg.data.columns
     if cfg.data.margin_column:
         columns = f"{columns},margin={cfg.data.margin_column}" if columns.strip() else f"margin={cfg.data.margin_column}"
-    records = load_records(path, text=fields, numbers=numbers, columns=columns, split=split)
-    col = {f: parse_columns(cfg.data.columns, fields).get(f, f) for f in fields}
-    prompts = [r["prompt"] for r in records]
+    pairs = load_pairs(path, columns, split, numbers)
+    if main_process():
+        print(pairs.summary("rlcf rm"), flush=True)
+    records = pairs.rows
     encoded = {}
     for side in ("chosen", "rejected"):
-        texts = reward_texts(tokenizer, prompts, [r[side] for r in records])
+        if pairs.conversational:
+            texts = [_chat_reward_text(tokenizer, r["prompt"], r[side], pairs.where(i, "prompt", side))
+                     for i, r in enumerate(records)]
+        else:
+            texts = reward_texts(tokenizer, [r["prompt"] for r in records], [r[side] for r in records])
         encoded[side] = tokenizer(texts)["input_ids"]
     groups: dict[str, dict] = {}
     for i, rec in enumerate(records):
-        row = groups.setdefault(rec["prompt"], {"texts": [], "chosen": [], "rejected": [], "_index": {}})
+        key = rec["prompt"] if isinstance(rec["prompt"], str) else json.dumps(rec["prompt"], sort_keys=True)
+        row = groups.setdefault(key, {"texts": [], "chosen": [], "rejected": [], "_index": {}})
         if cfg.data.margin_column:
             row.setdefault("margin", []).append(rec["margin"])
         for side in ("chosen", "rejected"):
             ids = tuple(encoded[side][i])
-            check_length(len(ids), cfg.data.max_length, f"{path}, row {i + 1}, fields '{col['prompt']}' + '{col[side]}'")
+            check_length(len(ids), cfg.data.max_length, pairs.where(i, "prompt", side))
             if ids not in row["_index"]:
                 row["_index"][ids] = len(row["texts"])
                 row["texts"].append(list(ids))
@@ -131,6 +155,17 @@ def load_rm_rows(cfg: RMConfig, tokenizer, path: str | None = None, split: str |
     for row in groups.values():
         del row["_index"]
     return list(groups.values())
+
+
+def _chat_reward_text(tokenizer, prompt: list[dict], response: list[dict], where: str) -> str:
+    """chat_reward_texts of one pair; a template that refuses the conversation is an error naming the row."""
+    try:
+        return chat_reward_texts(tokenizer, [prompt], [response])[0]
+    except jinja2.TemplateError as e:
+        owner = getattr(tokenizer, "name_or_path", "") or "the reward model's tokenizer"
+        raise DataError(f"{where}: the chat template of {owner} refused the conversation "
+                        f"({' '.join(str(e).split())}); change the messages to suit the template (roles, order), "
+                        "or the template") from None
 
 
 def rm_pairs(rows: list[dict]) -> int:

@@ -30,9 +30,10 @@ from .rewards.sources import RewardError, RewardScaler, RewardSource, check_scor
 from .train.accel import adamw
 from .train.loop import LoopSettings, TrainingLoop
 from .train.offline import load_offline_rows
+from .train.rl_eval import HeldOut, evaluate_policy, truncate_samples
 from .train.rollout import FixedRollouts, RolloutEngine, SampledRollouts, Timings, eos_token_ids, release_memory
 from .train.rundir import RunDir
-from .train.safety import NonFiniteGuard
+from .train.safety import NonFiniteGuard, check_new_tokens
 from .types import AdvantageInput, LossBatch, Rollout
 from .validate import validate
 
@@ -84,6 +85,9 @@ class RLRun:
     reward_guard: NonFiniteGuard | None = None
     """Counts steps in a row whose rewards were not finite, apart from the update guard (a finite reward must not
     reset the count of non-finite updates)."""
+    held: HeldOut | None = None
+    """Held-out prompts for --eval-every, or None."""
+    engine: RolloutEngine | None = None
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -130,13 +134,17 @@ def train(cfg: TrainConfig) -> Path:
             rl.kl_ctl.update(float(all_kl["k1"].mean()), acc.gather(rollout.raw_scores).numel())
             record = step_record(rl, step, rollout, history, skipped, adv_out, all_kl, beta, timings, t_update,
                                  time.perf_counter() - t_step)
+            if rl.held is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+                record.update(evaluate_policy(rl.engine, rl.held, step + 1, cfg.seed, acc, rl.gold, loop.out,
+                                              cfg.eval_samples))  # its own phase: perf/eval_s, not in perf/step_s
             loop.log.write(record, {"reward": f"{record['reward/mean']:.3f}", "kl": f"{record['kl/k1_seq']:.3f}"})
             loop.end_step(step, cfg.steps)
     return loop.finish(partial(save_policy, inner))
 
 
 def setup(cfg: TrainConfig) -> RLRun:
-    """Data, reward, run folder (all checked before any model loads), then models, optimiser and rollout source."""
+    """Run folder (its lock, then may it be started or resumed), data, reward (all checked before any model loads),
+    then models (a response length the policy's context cannot hold is refused), optimiser and rollout source."""
     algo = get_algorithm(cfg.algo)
     settings = LoopSettings(
         name=cfg.algo, command="rlcf train", output_dir=Path(cfg.output_dir), resume=cfg.resume,
@@ -145,22 +153,35 @@ def setup(cfg: TrainConfig) -> RLRun:
         report_to=cfg.report_to, tracker_config=to_dict(cfg), grad_accum=cfg.optim.grad_accum)
     accelerator = settings.accelerator()
     set_seed(cfg.seed)
+    run = RunDir(cfg)  # one run per folder (its lock), and may it be started or resumed? Before anything loads
+    try:
+        return _setup(cfg, algo, settings, accelerator, run)
+    except BaseException:
+        run.release()  # a start that failed leaves the folder to the next one
+        raise
 
+
+def _setup(cfg: TrainConfig, algo: Algorithm, settings: LoopSettings, accelerator, run: RunDir) -> RLRun:
     # data and reward are checked before any model is loaded, so bad input fails fast
     offline_rows = load_offline_rows(cfg, accelerator.device) if cfg.offline_data else None
     if offline_rows is not None:
-        prompts, reward = [Prompt(text=r["prompt"], chat=None) for r in offline_rows], None
+        prompts, reward = [Prompt(text=r["prompt"], chat=r.get("chat")) for r in offline_rows], None
     else:
         prompts = load_prompts(cfg.prompts, cfg.prompt_column)
-        reward = RewardSource(cfg.reward.function, cfg.reward.model, cfg.reward.batch_size, accelerator.device,
-                              cfg.model.trust_remote_code, timeout_s=cfg.reward.timeout_s)
+        r = cfg.reward
+        reward = RewardSource(r.function, r.model, r.batch_size, accelerator.device, cfg.model.trust_remote_code,
+                              timeout_s=r.timeout_s, functions=r.functions, weights=r.weights, url=r.url,
+                              retries=r.retries)
     gold = load_callable(cfg.reward.gold, "gold scorer", cfg.reward.timeout_s) if cfg.reward.gold else None
-    run = RunDir(cfg)  # may the output folder be started or resumed? (before the models load)
+    held = load_held_out(cfg) if cfg.eval_every else None
     models = build_models(cfg.model, cfg.model.critic if algo.needs_critic else None)
     tokenizer, source = models.tokenizer, cfg.offline_data or cfg.prompts
     if offline_rows is None:
         prompts, prompt_ids = prepare_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template,
                                               source, cfg.rollout.long_prompts)
+        # a response length the model cannot hold beside the longest prompt is refused, naming the limit
+        check_new_tokens(cfg.rollout.max_new_tokens, max(map(len, prompt_ids), default=0),
+                         models.base_policy().config, cfg.model.name_or_path)
     else:  # offline rows pair a prompt with its response and reward: a long one is an error, never dropped silently
         prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template, source)
         response_ids = tokenize_responses([r["response"] for r in offline_rows], tokenizer,
@@ -185,14 +206,21 @@ def setup(cfg: TrainConfig) -> RLRun:
     engine.gather = accelerator.gather
     # where each step's rollout comes from: sampled online, or fixed rows (offline APA/AWR); the loop is the same
     if offline_rows is None:
+        columns = [p.columns for p in prompts] if any(p.columns for p in prompts) else None
         rollouts = SampledRollouts(engine, [p.text for p in prompts], prompt_ids, cfg.rollout.group_size,
-                                   accelerator.device)
+                                   accelerator.device, columns)
     else:
         rollouts = FixedRollouts(engine, offline_rows, prompt_ids, response_ids, accelerator.device)
     sampler = PromptSampler(len(rollouts), cfg.rollout.prompts_per_step, cfg.seed, accelerator.process_index,
                             accelerator.num_processes)
+    if held is not None:
+        texts, ids = prepare_prompts(held, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template,
+                                     cfg.eval_prompts or "demo", cfg.rollout.long_prompts)
+        held = HeldOut([p.text for p in texts], ids, [p.columns for p in texts] if any(p.columns for p in texts) else None)
+        if state and accelerator.is_main_process:
+            truncate_samples(Path(cfg.output_dir), loop.start_step)  # the steps after the checkpoint are redone
     return RLRun(cfg, algo, loop, models, rollouts, sampler, backend, kl_ctl, scaler, gold,
-                 NonFiniteGuard(cfg.optim.max_nonfinite_steps))
+                 NonFiniteGuard(cfg.optim.max_nonfinite_steps), held, engine)
 
 
 def _optimizer(models: PolicyModels, cfg: TrainConfig):
@@ -290,11 +318,25 @@ def step_record(rl: RLRun, step: int, rollout: Rollout, history: list[dict], ski
     if rollout.sampler_logprobs is not None:  # vllm: how far its sampling log-probs are from the policy's
         diff = ((rollout.sampler_logprobs - rollout.logprobs).abs() * mask).sum() / mask.sum()
         record["rollout/sampler_logprob_absdiff"] = float(acc.reduce(diff, "mean"))
+    reward = rl.engine.reward
+    if reward is not None and len(reward.components) > 1:  # each component of a weighted reward, on its own
+        record.update({f"reward/{name}/mean": float(g(scores.float().to(acc.device)).mean())
+                       for name, scores in reward.last_components.items()})
     if rl.gold is not None:
         gold = check_scores(rl.gold(rollout.prompts, rollout.responses), rollout.prompts, rollout.responses,
                             rl.cfg.reward.gold)
         record["gold/mean"] = float(g(gold.to(acc.device)).mean())
     return record
+
+
+def load_held_out(cfg: TrainConfig) -> list[Prompt]:
+    """The held-out prompts --eval-every samples (the first eval_max_prompts): --eval-prompts, or the demo's test
+    split when training on the demo prompts."""
+    if cfg.eval_prompts is None and cfg.prompts != "demo":
+        raise ValueError("--eval-every needs held-out prompts: give --eval-prompts FILE (or a hub dataset with "
+                         "--eval-split), prompts the run does not train on")
+    source = cfg.eval_prompts or "demo"
+    return load_prompts(source, cfg.prompt_column, cfg.eval_split)[: cfg.eval_max_prompts]
 
 
 def save_policy(models: PolicyModels, folder: Path, state: dict | None = None) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import os
 import types
 import typing
 from typing import Any, Literal, Union
@@ -138,8 +140,124 @@ def check_ranges(cfg, where: str = "") -> None:
                 raise ConfigError(f"{_option(path)}={value!r}: must be {allowed}")
 
 
+def _path(value) -> str | None:
+    """`value` as an absolute path when it names something on this disk (not 'demo', 'embedded' or a hub id)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    path = os.path.abspath(os.path.expanduser(value))
+    return path if os.path.exists(path) else None
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _inputs(cfg) -> dict[str, str]:
+    """option -> existing path, for every file or folder a command reads."""
+    named = {
+        C.TrainConfig: lambda c: {"--model.name-or-path": c.model.name_or_path, "--prompts": c.prompts,
+                                  "--offline-data": c.offline_data, "--reward.model": c.reward.model},
+        C.SFTConfig: lambda c: {"--model.name-or-path": c.model.name_or_path, "--data.path": c.data.path,
+                                "--data.eval-path": c.data.eval_path},
+        C.DPOStageConfig: lambda c: {"--model.name-or-path": c.model.name_or_path, "--data.path": c.data.path,
+                                     "--data.eval-path": c.data.eval_path},
+        C.RMConfig: lambda c: {"--model": c.model, "--data.path": c.data.path, "--data.eval-path": c.data.eval_path},
+        C.LabelConfig: lambda c: {"--prompts": c.prompts, "--model.name-or-path": c.model.name_or_path,
+                                  "--judge-model": c.judge_model},
+        C.EvalConfig: lambda c: {"--prompts": c.prompts, "--model": c.model, "--reference": c.reference,
+                                 "--reward-model": c.reward_model},
+    }.get(type(cfg), lambda c: {})(cfg)
+    return {option: path for option, value in named.items() if (path := _path(value)) is not None}
+
+
+def _first_record(path: str):
+    """The first non-blank line of a text file parsed as JSON (None: empty file; _NO: not JSON)."""
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    return json.loads(line)
+    except (OSError, ValueError):
+        return _NO
+    return None
+
+
+def _ours(path: str, kind: str) -> bool:
+    """Whether an existing output file is one this command wrote earlier (so it may be replaced): `rlcf label`'s
+    pairs (JSON lines with chosen_score and rejected_score), `rlcf eval`'s report (a JSON object with policy and
+    reference) or its samples (JSON lines with policy_response). An empty file counts as one."""
+    if kind == "eval":
+        try:
+            with open(path) as f:
+                text = f.read(1 << 24)
+            report = json.loads(text) if text.strip() else {}
+        except (OSError, ValueError):
+            return False
+        return isinstance(report, dict) and (not report or {"policy", "reference"} <= report.keys())
+    first = _first_record(path)
+    keys = {"label": {"chosen_score", "rejected_score"}, "samples": {"policy_response"}}[kind]
+    return first is None or (isinstance(first, dict) and keys <= first.keys())
+
+
+def _check_outputs(cfg) -> None:
+    """Where a command writes: not empty, never one of its own inputs, and never over a file it did not write.
+
+    - train, sft, rm, dpo: --output-dir must not be an input (a model folder, a data file); with --overwrite, no
+      input may lie inside it (the folder is moved aside).
+    - label, eval: --output (and the files written beside it: label's .summary.json and .partial, eval's
+      .samples.jsonl) must not be an input; an existing file there is replaced only when it is an earlier output of
+      the same command (see _ours); anything else is refused: delete it or give another --output.
+    - plot: --output-dir must not be a file.
+    """
+    if isinstance(cfg, (C.LabelConfig, C.EvalConfig)):
+        if not cfg.output.strip():
+            example = "runs/label/pairs.jsonl" if isinstance(cfg, C.LabelConfig) else "runs/eval/eval.json"
+            raise ConfigError(f"--output is empty; give the file to write, e.g. {example}")
+        out = os.path.abspath(os.path.expanduser(cfg.output))
+        stem = os.path.splitext(out)[0]
+        written = ({out: "label", stem + ".summary.json": None, out + ".partial": None}
+                   if isinstance(cfg, C.LabelConfig) else {out: "eval", stem + ".samples.jsonl": "samples"})
+        for option, path in _inputs(cfg).items():
+            for target in written:
+                if os.path.exists(target) and _same(target, path) or target == path:
+                    what = "--output" if target == out else f"{target} (written beside --output)"
+                    raise ConfigError(f"{what} is {option} {path}, an input of this command: it would be written "
+                                      "over; give another --output")
+        if os.path.isdir(out):
+            name = "pairs.jsonl" if isinstance(cfg, C.LabelConfig) else "eval.json"
+            raise ConfigError(f"--output {cfg.output} is a folder; give a file name, e.g. "
+                              f"{os.path.join(cfg.output, name)}")
+        command = "rlcf label" if isinstance(cfg, C.LabelConfig) else "rlcf eval"
+        for target, kind in written.items():
+            if kind and os.path.isfile(target) and not _ours(target, kind):
+                raise ConfigError(f"--output: {target} exists and is not an earlier `{command}` output; refusing to "
+                                  "replace it: delete it or give another --output")
+        return
+    if not isinstance(cfg, (C.RunControl, C.PlotConfig)):
+        return
+    if not cfg.output_dir.strip():
+        raise ConfigError("--output-dir is empty; give the folder to write into, e.g. runs/my-run")
+    out = os.path.abspath(os.path.expanduser(cfg.output_dir))
+    if isinstance(cfg, C.PlotConfig):
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ConfigError(f"--output-dir {cfg.output_dir} is a file, not a folder: the report (report.md or .html "
+                              f"and its PNGs) goes into a folder; give a folder name, e.g. {cfg.output_dir}-report")
+        return
+    for option, path in _inputs(cfg).items():
+        if _same(out, path) if os.path.exists(out) else out == path:
+            raise ConfigError(f"--output-dir {cfg.output_dir} is {option}, an input of this run: the run would write "
+                              "into it; give another --output-dir")
+        if cfg.overwrite and (path + os.sep).startswith(out.rstrip(os.sep) + os.sep):
+            raise ConfigError(f"--overwrite would move {cfg.output_dir} aside, and {option} {path} lies in it; give "
+                              "another --output-dir (or move the input out of it)")
+
+
 def check_rules(cfg) -> None:
     """The rules between fields."""
+    _check_outputs(cfg)
     if isinstance(cfg, C.TrainConfig):
         k, row = cfg.rollout.group_size, ALGORITHMS.get(cfg.algo)
         if cfg.offline_data is None and row is not None and k < row.min_group:
@@ -154,8 +272,10 @@ def check_rules(cfg) -> None:
                               "reward) rows or (prompt, chosen, rejected) pairs")
         if cfg.offline_data is not None and cfg.offline_pair_rewards == "reward_model" and not cfg.reward.model:
             raise ConfigError("--offline-pair-rewards reward_model needs --reward.model FOLDER to score the pairs")
-        if cfg.offline_data is None and not cfg.reward.function and not cfg.reward.model:
-            raise ConfigError("no reward: set --reward.function MODULE:FUNCTION or --reward.model FOLDER")
+        r = cfg.reward
+        if cfg.offline_data is None and not (r.function or r.functions or r.model or r.url):
+            raise ConfigError("no reward: set --reward.function MODULE:FUNCTION, --reward.functions, --reward.model "
+                              "FOLDER or --reward.url URL")
         if cfg.p3o.dual_clip is not None and cfg.p3o.dual_clip <= 1 + cfg.p3o.eps:
             raise ConfigError(f"--p3o.dual-clip={cfg.p3o.dual_clip}: must be greater than 1 + --p3o.eps "
                               f"({1 + cfg.p3o.eps:g}), or None for the paper's unbounded V1")

@@ -3,6 +3,7 @@ left- or right-padded batches whose masks come from lengths, never from pad ids.
 
 from __future__ import annotations
 
+import jinja2
 import torch
 from torch import Tensor
 
@@ -48,6 +49,31 @@ def encode_response(tokenizer, text: str, max_tokens: int | None = None, where: 
         raise ValueError("the tokenizer has no EOS token; set one (tokenizer.eos_token) in the model folder")
     ids = text_token_ids(tokenizer, text, False, max_tokens, where, option)
     return ids if ids and ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
+
+
+def encode_chat_response(tokenizer, prompt: list[dict], response: list[dict], prompt_ids: list[int],
+                         max_tokens: int | None = None, where: str = "response",
+                         option: str = "--data.max-length") -> list[int]:
+    """Token ids of a conversational response (messages ending in the assistant's turn) after `prompt`, whose ids
+    `prompt_ids` are the chat template with the generation prompt (encode_prompt): the template over prompt +
+    response, minus those ids, so prompt ids + response ids are the whole conversation's template, closing tokens
+    included. When the prompt's ids are not a prefix of the whole (a template that renders earlier turns
+    differently once a reply follows), the response's assistant text is encoded as a string response is, ending in
+    EOS."""
+    text = "\n".join(m["content"] for m in response if m["role"] == "assistant")
+    if max_tokens is not None:  # a reply far over the limit is refused from a prefix, before the template runs
+        text_token_ids(tokenizer, text, False, max_tokens, where, option)
+    try:
+        whole = tokenizer.apply_chat_template(prompt + response, tokenize=True, return_dict=True)["input_ids"]
+    except jinja2.TemplateError as e:
+        owner = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+        raise DataError(f"{where}: the chat template of {owner} refused the conversation ({' '.join(str(e).split())}); "
+                        "change the messages to suit the template (roles, order), or the template") from None
+    whole = list(whole)
+    n = len(prompt_ids)
+    if len(whole) > n and whole[:n] == list(prompt_ids):
+        return whole[n:]
+    return encode_response(tokenizer, text, max_tokens, where, option)
 
 
 def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:

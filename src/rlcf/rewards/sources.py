@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from ..data.pairs import chat_text
 from ..models.hub import resolve_reward_model
 from .http import public_url
 from .remote import RemoteReward, RemoteRewardError
@@ -280,6 +281,16 @@ def reward_texts(tokenizer, prompts, responses) -> list[str]:
             for p, r in zip(prompts, responses)
         ]
     return [f"{p}\n{r}" for p, r in zip(prompts, responses)]
+
+
+def chat_reward_texts(tokenizer, prompts: Sequence[list[dict]], responses: Sequence[list[dict]]) -> list[str]:
+    """The text a reward model reads for each conversational (prompt messages, response messages) pair: the
+    tokenizer's chat template over the whole conversation when it has one, else the prompt's and the response's
+    texts joined by a newline as `reward_texts` joins strings (a one-turn conversation reads as the same string
+    pair would). `rlcf rm` trains on exactly this text for conversational pairs."""
+    if tokenizer.chat_template:
+        return [tokenizer.apply_chat_template(list(p) + list(r), tokenize=False) for p, r in zip(prompts, responses)]
+    return [f"{chat_text(p)}\n{chat_text(r)}" for p, r in zip(prompts, responses)]
 
 
 class HFRewardModel:

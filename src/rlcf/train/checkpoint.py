@@ -6,10 +6,15 @@ rebuilt from the initial model on resume. `manifest.json`, written last, lists e
 sha256, so a checkpoint damaged after the rename (a full disk, a copy cut short, a flipped bit) is detected
 on resume and skipped for the newest one that verifies. Checkpoints written before manifests existed are
 accepted when their trainer_state.json parses and their safetensors header reads.
+
+A checkpoint that cannot be written (a full disk, a read-only folder) ends the run with a DiskWriteError naming the
+folder, the cause and (full disk) about how much space a checkpoint takes; the earlier checkpoints stay as they were,
+and the same command resumes from the newest once the disk has room.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +28,7 @@ from accelerate.utils import gather_object
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..files import atomic_dir
+from ..files import atomic_dir, writing
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
@@ -133,9 +138,15 @@ def save_checkpoint(out_dir: Path, step: int, models, optimizer, accelerator, tr
             for tmp in root.iterdir():
                 if tmp.is_dir() and tmp.name.startswith(".step_"):
                     shutil.rmtree(tmp, ignore_errors=True)
-        with atomic_dir(final) as tmp:
+        weights = _trainable_state(inner, full)
+        earlier = _step_folders(root)
+        needed = (sum(p.stat().st_size for p in earlier[-1].iterdir() if p.is_file()) if earlier
+                  else 3 * sum(t.numel() * t.element_size() for t in weights.values()))  # weights, Adam's 2 moments
+        note = (f"the earlier checkpoints in {root} are intact, and the run resumes from the newest"
+                if earlier else "no checkpoint is written yet")
+        with atomic_dir(final, needed=needed, note=note) as tmp:
             # named_parameters() lists a tied weight once, so safetensors never sees shared storage
-            save_file(_trainable_state(inner, full), tmp / "trainable.safetensors")
+            save_file(weights, tmp / "trainable.safetensors")
             torch.save({"optimizer": optimizer.state_dict(), "torch_rng": [cpu for cpu, _ in rng],
                         "cuda_rng": [gpu for _, gpu in rng]}, tmp / "optim.pt")
             (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
@@ -236,16 +247,18 @@ def truncate_metrics(path: Path, last_step: int) -> int:
             torn += 1
         elif step <= last_step:
             keep.append(line + b"\n")
-    if last_step <= 0:
-        path.unlink()
-        return torn
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.writelines(keep)
-        os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path, sum(map(len, keep))):
+        if last_step <= 0:
+            path.unlink()
+            return torn
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.writelines(keep)
+            with contextlib.suppress(OSError):  # some file systems (FAT, some network mounts) refuse chmod
+                os.chmod(tmp, path.stat().st_mode & 0o777)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return torn

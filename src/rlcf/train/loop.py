@@ -4,11 +4,15 @@ A loop body is its own: what a step computes. Everything around it is here, once
 - `LoopSettings`: the typed settings the scaffold reads (no getattr on a command's config);
 - `TrainingLoop.start()`: claim the run folder, resume from the newest checkpoint (weights, optimiser, RNG and the
   loop's own state), hand model and optimiser to accelerate, open the metrics log;
-- `with loop:` stop signals: `loop.check_stop(step)` at each step boundary writes a checkpoint and stops a preempted run;
+- `with loop:` stop signals: `loop.check_stop(step)` at each step boundary writes a checkpoint and stops a preempted run
+  (a second signal, or a step that does not end within the grace period, ends the process at once: safety.py);
 - `loop.optimizer_step(loss, where)`: clip the gradient norm, skip a step whose loss or gradient is not finite
   (bounded in a row by the non-finite guard), step and zero the gradients;
 - `loop.end_step(step, total)`: a checkpoint every `save_every` steps and after the last, then a barrier;
 - `loop.finish(save)`: close the log and write the final model atomically on the main process.
+
+The run folder's lock (taken by `RunDir`) is released when the run ends: after the final model, or when an error or a
+stop signal leaves the loop.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from ..trackers import trackers
 from .accel import make_accelerator
 from .checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from .metrics_log import MetricsLog
+from .model_card import write_model_card
 from .rundir import RunDir
-from .safety import NonFiniteGuard, StopSignals, stopped
+from .safety import NonFiniteGuard, StopSignals, stop_grace_s, stopped
 
 
 @dataclass
@@ -71,6 +76,14 @@ class TrainingLoop:
 
     def start(self, total_steps: int) -> dict:
         """Claim the folder, resume, prepare; returns the resumed checkpoint's state ({} on a fresh start)."""
+        try:
+            return self._start(total_steps)
+        except BaseException:
+            self.run.release()
+            raise
+
+    def _start(self, total_steps: int) -> dict:
+        stop_grace_s()  # a bad RLCF_STOP_GRACE_S is refused before the folder is written
         acc = self.accelerator
         self.run.start(acc.is_main_process)  # everything has loaded: claim the folder
         acc.wait_for_everyone()
@@ -93,11 +106,21 @@ class TrainingLoop:
         return self.accelerator.unwrap_model(self.model)
 
     def __enter__(self):
-        self._signals = StopSignals().__enter__()
+        self._signals = StopSignals("step", "writing a checkpoint", self.settings.command, self._resume_point)
+        self._signals.__enter__()
         return self
 
     def __exit__(self, *exc):
+        if exc[0] is not None:  # an error or a stop: the run is over, another may take the folder
+            self.run.release()
         return self._signals.__exit__(*exc)
+
+    def _resume_point(self) -> str:
+        if self.last_saved > 0:
+            return (f"the last checkpoint, {self.out / CHECKPOINTS / f'step_{self.last_saved:06d}'}, is the resume "
+                    f"point: run the same command again ({self.settings.command} with the same --output-dir and "
+                    "settings) to resume from it")
+        return "no checkpoint was written yet: the same command starts the run again"
 
     def save(self, step: int) -> None:
         save_checkpoint(self.out, step, self.model, self.optimizer, self.accelerator, self.loop_state())
@@ -107,6 +130,7 @@ class TrainingLoop:
         """At a step boundary: a preempted job (SIGTERM, Ctrl-C) stops here with a checkpoint of `step` steps."""
         got = self._signals.requested(self.accelerator)
         if got:
+            self._signals.boundary()  # the step has ended: the grace period is over, the checkpoint may take its time
             if self.last_saved != step:
                 self.save(step)
             raise stopped(got, step, self.out / CHECKPOINTS,
@@ -135,14 +159,24 @@ class TrainingLoop:
         self.accelerator.wait_for_everyone()
 
     def finish(self, save: Callable[[Path, dict | None], None]) -> Path:
-        """Close the log; write OUTPUT_DIR/final atomically on the main process. save(folder, state): state is the
-        model's full state dict gathered from every process (several processes), else None."""
+        """Close the log; write OUTPUT_DIR/final atomically on the main process, with a model card (README.md) and the
+        run's config beside the weights. save(folder, state): state is the model's full state dict gathered from every
+        process (several processes), else None."""
         self.log.close()
         acc = self.accelerator
         state = acc.get_state_dict(self.model) if acc.num_processes > 1 else None
         final = self.out / "final"
         if acc.is_main_process:
-            with atomic_dir(final) as tmp:
-                save(tmp, state)
+            needed = sum(p.numel() * p.element_size() for p in self.inner.parameters())
+            note = (f"the last checkpoint, {self.out / CHECKPOINTS / f'step_{self.last_saved:06d}'}, is intact: the "
+                    "same command resumes from it and writes the final model" if self.last_saved else "")
+            try:
+                with atomic_dir(final, needed=needed, note=note) as tmp:
+                    save(tmp, state)
+                    write_model_card(tmp, self.settings.tracker_config, self.out)  # final/README.md
+            except BaseException:
+                self.run.release()
+                raise
         acc.wait_for_everyone()
+        self.run.release()
         return final

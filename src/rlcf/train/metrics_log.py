@@ -1,6 +1,7 @@
 """One metrics log for every training loop: `metrics.jsonl` always (one JSON object per step, appended as it
 happens, truncated on resume), and the experiment trackers named by `--report-to` (tensorboard, wandb, mlflow,
-trackio) through accelerate's tracking. Only the main process writes.
+trackio) through accelerate's tracking. Only the main process writes. A record that cannot be appended (a full
+disk, a read-only folder) leaves no torn line and ends the run with a DiskWriteError naming the file.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..files import append_text, writing
 from .checkpoint import truncate_metrics
 
 
@@ -39,7 +41,8 @@ class MetricsLog:
         if self.main and start_step:
             truncate_metrics(self.path, start_step)
         elif self.main:
-            self.path.unlink(missing_ok=True)
+            with writing(self.path):
+                self.path.unlink(missing_ok=True)
         self.tracking = bool(getattr(accelerator, "log_with", None))
         if self.tracking:
             accelerator.init_trackers(name, config=_hparams(config or {}))
@@ -49,8 +52,8 @@ class MetricsLog:
         advance=False: a record before the first step)."""
         if not self.main:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n",
+                    note="no line is torn, and the run resumes from its last checkpoint")
         if self.tracking:
             numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))
                        and not isinstance(v, bool)}

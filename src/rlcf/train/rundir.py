@@ -14,6 +14,11 @@ decides what a new start may do with it, without writing anything:
 
 `start()` (main process, after the data, the reward and the models have loaded) moves an overwritten run
 aside and writes config.yaml. So a start that fails on bad input leaves an earlier run's folder untouched.
+
+One run per folder: `RunDir(cfg)` first takes the folder's lock (files.RunLock, `.NAME.rlcf.lock` beside it, on the
+main process), so a second process started into a folder a live run holds is refused at once, naming the holder,
+before it reads or writes anything there. The training loop releases it when the run ends (`release()`); the kernel
+does when the process dies.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import yaml
 
 from ..config import neutral_fields, to_dict
 from ..errors import ConfigError
+from ..files import RunLock, atomic_write, main_process, writing
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "final")
 
@@ -47,9 +53,23 @@ def config_differences(stored: dict, new: dict, neutral: set[str] = frozenset())
 
 
 class RunDir:
-    def __init__(self, cfg):
+    def __init__(self, cfg, lock: bool = True):
+        """lock: take the folder's lock (on the main process); released by release() when the run ends."""
         self.cfg, self.out = cfg, Path(cfg.output_dir)
-        out = self.out
+        self.lock = RunLock(self.out, "--output-dir").acquire() if lock and main_process() else None
+        try:
+            self._check()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give up the folder's lock (idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _check(self) -> None:
+        cfg, out = self.cfg, self.out
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--output-dir {out} is a file, not a folder; give a new folder name")
         present = [name for name in RUN_FILES if (out / name).exists()]
@@ -88,9 +108,9 @@ class RunDir:
             n = 1
             while aside.exists():
                 aside, n = aside.with_name(f"{aside.name.split('~')[0]}~{n}"), n + 1
-            self.out.rename(aside)
+            with writing(self.out):
+                self.out.rename(aside)
             print(f"rlcf: the earlier run in {self.out} was moved to {aside}", flush=True)
-        self.out.mkdir(parents=True, exist_ok=True)
-        tmp = self.out / ".config.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-        tmp.replace(self.out / "config.yaml")
+        with writing(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.out / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))

@@ -86,8 +86,9 @@ def epoch_plan(train_idx: list[int], epoch: int, seed: int, minibatch: int, grad
 
 
 def claim_run(cfg) -> RunDir:
-    """The config's types, ranges and rules, then the output folder (may it be started or resumed into?), all
-    checked before anything loads; `RunDir.start()` writes there once everything has."""
+    """The config's types, ranges and rules, then the output folder (its lock: one run per folder at a time, a second
+    process refused naming the holder; may it be started or resumed into?), all checked before anything loads;
+    `RunDir.start()` writes there once everything has, and the loop releases the lock when the run ends."""
     return RunDir(validate(cfg))
 
 
