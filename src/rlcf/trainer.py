@@ -216,7 +216,8 @@ def _setup(cfg: TrainConfig, algo: Algorithm, settings: LoopSettings, accelerato
     if held is not None:
         texts, ids = prepare_prompts(held, tokenizer, cfg.rollout.max_prompt_tokens, cfg.chat_template,
                                      cfg.eval_prompts or "demo", cfg.rollout.long_prompts)
-        held = HeldOut([p.text for p in texts], ids, [p.columns for p in texts] if any(p.columns for p in texts) else None)
+        columns = [p.columns for p in texts] if any(p.columns for p in texts) else None
+        held = HeldOut([p.text for p in texts], ids, columns)
         if state and accelerator.is_main_process:
             truncate_samples(Path(cfg.output_dir), loop.start_step)  # the steps after the checkpoint are redone
     return RLRun(cfg, algo, loop, models, rollouts, sampler, backend, kl_ctl, scaler, gold,
@@ -332,6 +333,9 @@ def step_record(rl: RLRun, step: int, rollout: Rollout, history: list[dict], ski
 def load_held_out(cfg: TrainConfig) -> list[Prompt]:
     """The held-out prompts --eval-every samples (the first eval_max_prompts): --eval-prompts, or the demo's test
     split when training on the demo prompts."""
+    if cfg.offline_data is not None:
+        raise ValueError("--eval-every samples the policy and scores it with the reward; with --offline-data there is "
+                         "none to score with: evaluate the final model with `rlcf eval` instead")
     if cfg.eval_prompts is None and cfg.prompts != "demo":
         raise ValueError("--eval-every needs held-out prompts: give --eval-prompts FILE (or a hub dataset with "
                          "--eval-split), prompts the run does not train on")
