@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.common import assert_one_clear_line
 
 from rlcf.cli import main
 from rlcf.config import DataConfig, DPOStageConfig, TrainConfig, to_dict
@@ -195,12 +196,7 @@ def test_hostile_input_is_one_clear_line(case, world, capsys, tmp_path):
     folders = [Path(world["tmp"]) / name for name in ("earlier", "earlier-dpo")]
     before = [_snapshot(f) for f in folders]
     rc, err = run_main(argv, capsys)
-    assert rc not in (0, None), f"{case}: exit {rc}\n{err}"
-    assert "Traceback" not in err
-    message = [line for line in err.splitlines() if line.startswith("rlcf")]
-    assert message, err
-    for part in expected:
-        assert part in message[-1], f"{case}: {part!r} not in {message[-1]!r}"
+    assert_one_clear_line(case, rc, err, expected)
     if not started:  # refused before the run began: nothing written
         assert not (tmp_path / "out").exists(), f"{case}: the output folder was written"
     assert [_snapshot(f) for f in folders] == before, f"{case}: an earlier run's folder changed"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import build_tiny_model_dir
+from helpers.common import assert_one_clear_line
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -222,13 +223,8 @@ def test_hostile_input_is_one_clear_line(case, world, capsys, tmp_path):
     command, args, expected = CASES[case]
     values = dict(world, out=str(tmp_path / "out"))
     rc, err = run_main([command] + [a.format(**values) for a in args], capsys)
-    assert rc not in (0, None), f"{case}: exit {rc}\n{err}"
-    assert "Traceback" not in err
-    message = [line for line in err.splitlines() if line.startswith("rlcf")]
-    assert message, err
-    for part in expected:
-        assert part in message[-1], f"{case}: {part!r} not in {message[-1]!r}"
-    assert "rerun with --debug" not in message[-1]  # an error rlcf names, not an unexpected one
+    line = assert_one_clear_line(case, rc, err, expected)
+    assert "rerun with --debug" not in line  # an error rlcf names, not an unexpected one
     assert not (tmp_path / "out").exists(), f"{case}: the output folder was written"
     assert not (Path(world["tmp"]) / "PAYLOAD_RAN").exists()
 

@@ -26,3 +26,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 
 def read_metrics(out) -> list[dict]:
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_one_clear_line(case: str, rc, err: str, expected) -> str:
+    """A hostile input's outcome as a user sees it: a non-zero exit, no traceback, and a last `rlcf ...` line that
+    holds every expected fragment. Returns that line."""
+    assert rc not in (0, None), f"{case}: exit {rc}\n{err}"
+    assert "Traceback" not in err
+    message = [line for line in err.splitlines() if line.startswith("rlcf")]
+    assert message, err
+    for part in expected:
+        assert part in message[-1], f"{case}: {part!r} not in {message[-1]!r}"
+    return message[-1]
