@@ -108,3 +108,12 @@ def test_eval_every_without_held_out_prompts_is_refused(tiny_model_dir, tmp_path
     cfg.prompts = _prompts(tmp_path / "p.jsonl")
     with pytest.raises(ValueError, match="--eval-every needs held-out prompts: give --eval-prompts"):
         train(cfg)
+
+
+def test_eval_every_with_offline_data_is_refused(tiny_model_dir, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": w, "response": "a", "reward": 1.0}) + "\n" for w in WORDS))
+    cfg = tiny_config(tiny_model_dir, tmp_path / "run", "apa", steps=1, eval_every=1, offline_data=str(rows))
+    with pytest.raises(ValueError, match="--eval-every samples the policy .* with --offline-data there is none"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
