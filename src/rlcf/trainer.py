@@ -87,7 +87,6 @@ class RLRun:
     reset the count of non-finite updates)."""
     held: HeldOut | None = None
     """Held-out prompts for --eval-every, or None."""
-    engine: RolloutEngine | None = None
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -135,7 +134,7 @@ def train(cfg: TrainConfig) -> Path:
             record = step_record(rl, step, rollout, history, skipped, adv_out, all_kl, beta, timings, t_update,
                                  time.perf_counter() - t_step)
             if rl.held is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-                record.update(evaluate_policy(rl.engine, rl.held, step + 1, cfg.seed, acc, rl.gold, loop.out,
+                record.update(evaluate_policy(rl.rollouts.engine, rl.held, step + 1, cfg.seed, acc, rl.gold, loop.out,
                                               cfg.eval_samples))  # its own phase: perf/eval_s, not in perf/step_s
             loop.log.write(record, {"reward": f"{record['reward/mean']:.3f}", "kl": f"{record['kl/k1_seq']:.3f}"})
             loop.end_step(step, cfg.steps)
@@ -221,7 +220,7 @@ def _setup(cfg: TrainConfig, algo: Algorithm, settings: LoopSettings, accelerato
         if state and accelerator.is_main_process:
             truncate_samples(Path(cfg.output_dir), loop.start_step)  # the steps after the checkpoint are redone
     return RLRun(cfg, algo, loop, models, rollouts, sampler, backend, kl_ctl, scaler, gold,
-                 NonFiniteGuard(cfg.optim.max_nonfinite_steps), held, engine)
+                 NonFiniteGuard(cfg.optim.max_nonfinite_steps), held)
 
 
 def _optimizer(models: PolicyModels, cfg: TrainConfig):
@@ -319,7 +318,7 @@ def step_record(rl: RLRun, step: int, rollout: Rollout, history: list[dict], ski
     if rollout.sampler_logprobs is not None:  # vllm: how far its sampling log-probs are from the policy's
         diff = ((rollout.sampler_logprobs - rollout.logprobs).abs() * mask).sum() / mask.sum()
         record["rollout/sampler_logprob_absdiff"] = float(acc.reduce(diff, "mean"))
-    reward = rl.engine.reward
+    reward = rl.rollouts.engine.reward
     if reward is not None and len(reward.components) > 1:  # each component of a weighted reward, on its own
         record.update({f"reward/{name}/mean": float(g(scores.float().to(acc.device)).mean())
                        for name, scores in reward.last_components.items()})
