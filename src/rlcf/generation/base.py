@@ -4,7 +4,7 @@ Used alike by RL rollouts, `rlcf label` and `rlcf eval` (`rollout.backend`):
 - `hf`: transformers' generate() on the policy module itself; it shares the trained weights, so there is
   nothing to sync. It can also record the hidden state entering one block at every position (top_blocks
   mode keeps the frozen trunk's output from sampling, so no second trunk pass is needed).
-- `vllm`: an in-process, colocated `vllm.LLM` (`pip install rlcf[vllm]`, see vllm_backend.py); after each
+- `vllm`: an in-process, colocated `vllm.LLM` (`pip install rlcf[vllm]`, see vllm.py); after each
   optimizer step the changed tensors are pushed into it.
 
 Whatever the backend, the policy's own forward re-scores the sampled tokens, and that alone feeds the loss.

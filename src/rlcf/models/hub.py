@@ -276,7 +276,7 @@ def _check_loading_info(name: str, model, info: dict) -> None:
 
 
 def load_lm(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False):
-    """A plain causal LM from a local folder, a hub id or 'embedded', checked first (`_check_causal_lm`).
+    """A plain causal LM from a local folder, a hub id or 'embedded', checked first (`check_causal_lm`).
     transformers reads model.safetensors when the folder has it and falls back to pytorch_model.bin (with
     torch.load(weights_only=True)) only without it. Missing or misshapen tensors and a refused pickle are errors
     naming the folder (`_check_loading_info`, `_refused_pickle`)."""
