@@ -56,6 +56,24 @@ def test_masked_stats_and_whiten_hand_values():
     assert masked_var(w2, mask).item() == pytest.approx(1.0, rel=1e-6)
 
 
+def test_whiten_over_several_processes_uses_the_whole_batch_statistics():
+    """`total` sums over processes: here process 0 holds rows 0-1 and process 1 rows 2-3, and each one's sum is
+    completed with the other's, as an all-reduce would. Each half is then whitened with the whole batch's mean and
+    unbiased variance, exactly as the one-process batch, and not with its own."""
+    x = torch.tensor([[1.0, 2.0, 9.0], [3.0, 0.0, 0.0], [10.0, 12.0, 0.0], [7.0, 5.0, 6.0]], dtype=F64)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=F64)
+    halves = [(x[:2], mask[:2]), (x[2:], mask[2:])]
+    whole = whiten(x, mask)
+    for i, (xi, mi) in enumerate(halves):
+        other_x, other_m = halves[1 - i]
+        # the other process's contribution to each sum whiten asks for, in the order it asks: n, sum x, sum (x-mu)^2
+        mean = (x * mask).sum() / mask.sum()
+        others = iter([other_m.sum(), (other_x * other_m).sum(), (other_m * (other_x - mean).square()).sum()])
+        got = whiten(xi, mi, total=lambda t: t + next(others))
+        torch.testing.assert_close(got * mi, whole[2 * i : 2 * i + 2] * mi)
+        assert not torch.allclose(whiten(xi, mi) * mi, got * mi)  # its own statistics would differ
+
+
 def test_gae_hand_values():
     # gamma 1, lam 0.5, rewards [0, 1], V [0.5, 0.2]:
     # delta_1 = 1 + 0 - 0.2 = 0.8 (V past the end is 0); delta_0 = 0 + 0.2 - 0.5 = -0.3

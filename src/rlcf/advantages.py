@@ -5,6 +5,8 @@ Shapes: B rows (K consecutive rows per prompt), T response tokens (right-padded)
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -28,9 +30,17 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return var
 
 
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """(x - mean) / std with masked batch statistics; shift_mean=False adds the mean back (scale only)."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           total: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """(x - mean) / std with masked batch statistics; shift_mean=False adds the mean back (scale only).
+    total: sums a tensor over every process's batch (a run split over processes), so the statistics are the whole
+    batch's, as in one process; None: this batch is the whole batch."""
+    if total is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        n = total(mask.sum())
+        mean = total((x * mask).sum()) / n
+        var = total((mask * (x - mean).square()).sum()) / (n - 1)
     out = (x - mean) * torch.rsqrt(var + eps)
     return out if shift_mean else out + mean
 
@@ -77,15 +87,15 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
 
 def whitened_gae(
     scores: Tensor, logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, values: Tensor,
-    beta: float, gamma: float, lam: float,
+    beta: float, gamma: float, lam: float, total: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The critic pipeline PPO, AWR and APA share: token rewards (kl_shaped_token_rewards; beta = 0 puts only
-    the score on the last real token), GAE with V_old, then A whitened over the batch.
+    the score on the last real token), GAE with V_old, then A whitened over the batch (every process's: `total`).
 
     Returns (whitened A, zero on pads; returns R = A + V_old before whitening, the critic targets)."""
     rewards = kl_shaped_token_rewards(scores, logprobs, ref_logprobs, mask, beta)
     advantages, returns = gae(rewards, values, mask, gamma, lam)
-    return whiten(advantages, mask) * mask, returns
+    return whiten(advantages, mask, total=total) * mask, returns
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:

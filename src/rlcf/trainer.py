@@ -119,8 +119,8 @@ def train(cfg: TrainConfig) -> Path:
             # 3. advantages (algorithm-specific, once per rollout batch)
             adv_out = rl.algo.advantages(AdvantageInput(
                 scores=rollout.scores, logprobs=rollout.logprobs, ref_logprobs=rollout.ref_logprobs,
-                mask=rollout.response_mask, group_size=rollout.group_size, kl_coef=beta, values=rollout.values),
-                cfg.algo_config())
+                mask=rollout.response_mask, group_size=rollout.group_size, kl_coef=beta, values=rollout.values,
+                total=partial(acc.reduce, reduction="sum") if acc.num_processes > 1 else None), cfg.algo_config())
             rollout.advantages, rollout.returns = adv_out.get("advantages"), adv_out.get("returns")
             # 4. epochs x minibatches of whole prompt groups
             history, skipped = update(rl, rollout, fwd, beta, step)
@@ -278,6 +278,9 @@ def update(rl: RLRun, rollout: Rollout, fwd, beta: float, step: int) -> tuple[li
                     mask=mb.response_mask, group_size=rollout.group_size, kl_coef=beta, scores=mb.scores,
                     advantages=mb.advantages, returns=mb.returns, values=values, old_values=mb.values)
                 loss, m = rl.algo.loss(batch, cfg.algo_config())
+                if acc.num_processes > 1 and rl.algo.token_mean(cfg.algo_config()):
+                    tokens = mb.response_mask.sum()  # this process's share of the minibatch's tokens
+                    loss = loss * tokens / acc.reduce(tokens.detach(), "mean")
                 acc.backward(loss)
                 if acc.sync_gradients:
                     stepped, norm = loop.optimizer_step(loss, f"step {step + 1}")

@@ -7,6 +7,7 @@ row = prompt * K + k), Q = prompt length (left-padded), T = response length (rig
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -88,3 +89,6 @@ class AdvantageInput:
     group_size: int  # K
     kl_coef: float = 0.0  # beta in force
     values: Tensor | None = None  # [B, T] V_old, when a critic is used
+    total: Callable[[Tensor], Tensor] | None = None
+    """Sums a tensor over every process (a run split over processes): batch statistics such as the whitening of
+    advantages are then the whole batch's. None: this batch is the whole batch."""

@@ -31,7 +31,7 @@ def apa_advantages(inp: AdvantageInput, cfg: Any) -> dict[str, Tensor]:
         raise ValueError("apa_advantages: inp.values is None; APA needs V_old from a critic")
     beta = inp.kl_coef if _check_anchor(cfg, "apa_advantages") == "old" else 0.0
     advantages, returns = whitened_gae(
-        inp.scores, inp.logprobs, inp.ref_logprobs, inp.mask, inp.values, beta, cfg.gamma, cfg.gae_lambda
+        inp.scores, inp.logprobs, inp.ref_logprobs, inp.mask, inp.values, beta, cfg.gamma, cfg.gae_lambda, inp.total
     )
     seq_kl = (kl_estimate(inp.logprobs, inp.ref_logprobs, "k1") * inp.mask).sum(-1)
     return {"advantages": advantages, "returns": returns, "kl/k1_seq": seq_kl.mean()}

@@ -19,7 +19,7 @@ def awr_advantages(inp: AdvantageInput, cfg: Any) -> dict[str, Tensor]:
     if inp.values is None:
         raise ValueError("awr_advantages: inp.values is None; AWR needs V_old from a critic")
     advantages, returns = whitened_gae(
-        inp.scores, inp.logprobs, inp.ref_logprobs, inp.mask, inp.values, 0.0, cfg.gamma, cfg.gae_lambda
+        inp.scores, inp.logprobs, inp.ref_logprobs, inp.mask, inp.values, 0.0, cfg.gamma, cfg.gae_lambda, inp.total
     )
     seq_kl = (kl_estimate(inp.logprobs, inp.ref_logprobs, "k1") * inp.mask).sum(-1)
     return {"advantages": advantages, "returns": returns, "kl/k1_seq": seq_kl.mean()}

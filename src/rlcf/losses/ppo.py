@@ -19,7 +19,7 @@ def ppo_advantages(inp: AdvantageInput, cfg: Any) -> dict[str, Tensor]:
         raise ValueError("ppo_advantages: inp.values is None; PPO needs V_old from a critic")
     mask = inp.mask
     advantages, returns = whitened_gae(
-        inp.scores, inp.logprobs, inp.ref_logprobs, mask, inp.values, inp.kl_coef, cfg.gamma, cfg.gae_lambda
+        inp.scores, inp.logprobs, inp.ref_logprobs, mask, inp.values, inp.kl_coef, cfg.gamma, cfg.gae_lambda, inp.total
     )
     seq_kl = sequence_kl(inp.logprobs, inp.ref_logprobs, mask)
     return {

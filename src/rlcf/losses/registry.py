@@ -45,6 +45,10 @@ class Algorithm:
     """Fewest responses per prompt (rollout.group_size) the loss is defined for."""
     needs_group: str = ""
     """Why min_group > 1, for the error message."""
+    token_mean: Callable[[Any], bool] = lambda cfg: False
+    """(cfg) -> whether the loss is a mean over the minibatch's valid tokens (not over its rows): a run split over
+    processes then weights each process's loss by its share of the tokens, so that the averaged gradient is the
+    one a single process computes over the whole minibatch."""
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -52,9 +56,10 @@ ALGORITHMS: dict[str, Algorithm] = {
     for a in (
         Algorithm(name="p3o", loss=p3o_loss, advantages=p3o_advantages, needs_critic=False, kl_estimator="k1",
                   adaptive_kl=False, label_field="variant", min_group=2,
-                  needs_group="P3O compares the responses of a prompt in pairs"),
+                  needs_group="P3O compares the responses of a prompt in pairs",
+                  token_mean=lambda cfg: cfg.reduction == "tokens"),
         Algorithm(name="ppo", loss=ppo_loss, advantages=ppo_advantages, needs_critic=True, kl_estimator="k1",
-                  adaptive_kl=True, adaptive_strength="kl_target"),
+                  adaptive_kl=True, adaptive_strength="kl_target", token_mean=lambda cfg: True),
         Algorithm(name="rloo", loss=rloo_loss, advantages=rloo_advantages, needs_critic=False, kl_estimator="k1",
                   adaptive_kl=False, min_group=2, needs_group="RLOO's baseline leaves one out"),
         Algorithm(name="grpo", loss=grpo_loss, advantages=grpo_advantages, needs_critic=False, kl_estimator="k3",
@@ -64,9 +69,10 @@ ALGORITHMS: dict[str, Algorithm] = {
         # APA and AWR: no KL in the reward by default; their temperature alone controls the distance to pi_init
         # (APA's non-default anchor='old' puts beta's k1 penalty in the reward inside apa_advantages itself)
         Algorithm(name="apa", loss=apa_loss, advantages=apa_advantages, needs_critic=True, kl_estimator="k1",
-                  adaptive_kl=False, strength="temperature", offline=True),
+                  adaptive_kl=False, strength="temperature", offline=True, token_mean=lambda cfg: True),
         Algorithm(name="awr", loss=awr_loss, advantages=awr_advantages, needs_critic=True, kl_estimator="k1",
-                  adaptive_kl=False, strength="inv_lam", kl_coef=None, offline=True),
+                  adaptive_kl=False, strength="inv_lam", kl_coef=None, offline=True,
+                  token_mean=lambda cfg: True),
     )
 }
 
