@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rlcf {command}: {one_line(e)}", file=sys.stderr)
         return 2 if isinstance(e, (ValueError, OSError)) else 1
+    if os.environ.get("RANK", "0") != "0":  # several processes: the summary once, from the main one
+        return 0
     if command in ("train", "sft", "rm", "dpo"):
         out = Path(cfg.output_dir)
         print(f"\nDone. Outputs in {out.resolve()}:\n"
