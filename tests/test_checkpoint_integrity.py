@@ -203,3 +203,32 @@ def test_truncate_metrics_drops_a_torn_line_and_later_steps(tmp_path):
     assert truncate_metrics(path, 5) == 0 and path.read_bytes() == b"".join(kept)  # idempotent
     assert truncate_metrics(path, 0) == 0 and not path.exists()  # a fresh start redoes every step, step 0 too
     assert truncate_metrics(path, 3) == 0  # no file: nothing to do
+
+
+def test_optimizer_state_is_saved_by_parameter_name_and_older_positional_checkpoints_still_load(tmp_path):
+    """By name, so a checkpoint resumes whatever the run's split over processes (tests/test_fsdp.py); positional
+    (what rlcf wrote before) still loads."""
+    model, optimizer = tiny()
+    [ckpt] = [save_checkpoint(tmp_path, 1, model, optimizer, OneProcess(), {})]
+    saved = torch.load(ckpt / "optim.pt", weights_only=True)["optimizer"]
+    assert saved["param_groups"][0]["params"] == ["0.weight", "0.bias", "1.bias"]  # 1.weight is frozen
+    assert torch.equal(saved["state"]["1.bias"]["exp_avg"], optimizer.state[model[1].bias]["exp_avg"])
+    fresh_model, fresh = tiny()
+    load_checkpoint(ckpt, fresh_model, fresh)
+    assert torch.equal(fresh.state[fresh_model[0].weight]["exp_avg_sq"], optimizer.state[model[0].weight]["exp_avg_sq"])
+
+    # an older checkpoint: the optimiser's own state_dict, keyed by position
+    extra = torch.load(ckpt / "optim.pt", weights_only=True)
+    extra["optimizer"] = optimizer.state_dict()
+    torch.save(extra, ckpt / "optim.pt")
+    (ckpt / MANIFEST).unlink()  # as old as before manifests
+    old_model, old = tiny()
+    load_checkpoint(ckpt, old_model, old)
+    assert torch.equal(old.state[old_model[1].bias]["exp_avg"], optimizer.state[model[1].bias]["exp_avg"])
+
+    # a name this run does not train is named in the error
+    extra["optimizer"] = {**saved, "param_groups": [{**saved["param_groups"][0],
+                                                     "params": ["0.weight", "0.bias", "1.weight"]}]}
+    torch.save(extra, ckpt / "optim.pt")
+    with pytest.raises(ValueError, match="names 1 parameters this run does not train .e.g. 1.weight"):
+        load_checkpoint(ckpt, *tiny())

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers.common import read_metrics
+from safetensors.torch import load_file
 from test_trainer import tiny_config
 
 TESTS = Path(__file__).parent
@@ -28,17 +27,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(cfg, tmp_path: Path, name: str, processes: int = 2) -> subprocess.CompletedProcess:
-    """helpers/fixed_backend.py on the CPU: through `accelerate launch` with the gloo config, or (processes=1)
-    as a plain process. The GPU, where there is one, is hidden from both: the config is for a machine without one."""
+def _launch(cfg, tmp_path: Path, name: str, processes: int = 2, accelerate_config: str = "cpu_2proc.yaml",
+            env: dict | None = None, hf: bool = False) -> subprocess.CompletedProcess:
+    """helpers/fixed_backend.py on the CPU: through `accelerate launch` with a two-process config of
+    configs/accelerate (gloo), or (processes=1) as a plain process. The GPU, where there is one, is hidden from both:
+    the configs are for a machine without one. hf: sample with rlcf's own decode loop instead of the fixed backend."""
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(dataclasses.asdict(cfg)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    script = [str(TESTS / "helpers" / "fixed_backend.py"), str(path)]
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+    script = [str(TESTS / "helpers" / "fixed_backend.py"), str(path), *(["--hf"] if hf else [])]
     cmd = [sys.executable, *script] if processes == 1 else [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(TESTS.parent / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
+        str(TESTS.parent / "configs" / "accelerate" / accelerate_config), "--main_process_port", str(_free_port()),
         *script]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

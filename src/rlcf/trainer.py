@@ -27,7 +27,7 @@ from .losses.registry import Algorithm, get_algorithm
 from .models.hub import resolve_model_path
 from .models.policy import PolicyModels, build_models
 from .rewards.sources import RewardError, RewardScaler, RewardSource, check_scores, load_callable
-from .train.accel import adamw
+from .train.accel import adamw, full_state_everywhere, is_sharded
 from .train.loop import LoopSettings, TrainingLoop
 from .train.offline import load_offline_rows
 from .train.rl_eval import HeldOut, evaluate_policy, truncate_samples
@@ -125,7 +125,7 @@ def train(cfg: TrainConfig) -> Path:
             # 4. epochs x minibatches of whole prompt groups
             history, skipped = update(rl, rollout, fwd, beta, step)
             if rl.backend.name != "hf":  # vllm: the next rollout samples the new policy (hf samples the module itself)
-                rl.backend.update_weights(inner.merged_policy(), inner.changed_tensors())
+                rl.backend.update_weights(exported_state(inner, acc), inner.changed_tensors())
             t_update = time.perf_counter() - t0
             release_memory()
             # 5. log (every process's rows, gathered), checkpoint
@@ -200,7 +200,7 @@ def _setup(cfg: TrainConfig, algo: Algorithm, settings: LoopSettings, accelerato
     backend = make_backend(cfg.rollout, models.policy, tokenizer, eos_ids, resolve_model_path(cfg.model.name_or_path),
                            cfg.model.dtype, cfg.seed + accelerator.process_index, cfg.model.trust_remote_code)
     if state and backend.name != "hf":
-        backend.update_weights(models.merged_policy())
+        backend.update_weights(exported_state(models, accelerator))
     engine = RolloutEngine(models, reward, scaler, cfg.rollout, with_values=algo.needs_critic, backend=backend)
     engine.gather = accelerator.gather
     # where each step's rollout comes from: sampled online, or fixed rows (offline APA/AWR); the loop is the same
@@ -345,12 +345,22 @@ def load_held_out(cfg: TrainConfig) -> list[Prompt]:
     return load_prompts(source, cfg.prompt_column, cfg.eval_split)[: cfg.eval_max_prompts]
 
 
+def exported_state(models: PolicyModels, accelerator) -> dict:
+    """The policy's weights as the plain model's state dict, to push into a sampling engine: gathered from every
+    process when the run is sharded (a collective: every process calls it)."""
+    return models.export_state(full_state_everywhere(models) if is_sharded(accelerator) else None)
+
+
 def save_policy(models: PolicyModels, folder: Path, state: dict | None = None) -> None:
     """The policy as a plain transformers folder (safetensors). state: the full state dict gathered from several
-    processes (FSDP), when the reference mode can export it as is."""
-    state = models.reference.exportable_state(state) if state is not None else None
+    processes (a sharded module cannot be exported as itself); the reference mode makes it the plain model's."""
     if state is None:
         models.merged_policy().save_pretrained(folder)
     else:
-        models.policy.save_pretrained(folder, state_dict=state)
+        base = models.base_policy()
+        state = models.export_state(state)
+        # a tied weight once (a gathered state dict lists it under both names), as an unsharded save writes it
+        own = {n.replace(".base_layer.", ".") for n, _ in base.named_parameters() if ".lora_" not in n}
+        own |= {n for n, _ in base.named_buffers()}
+        base.save_pretrained(folder, state_dict={n: t for n, t in state.items() if n in own})
     models.tokenizer.save_pretrained(folder)

@@ -2,16 +2,18 @@
 run split over processes can be compared with a one-process run number for number; and a script that trains
 with it, for `accelerate launch` in the multi-process tests:
 
-    accelerate launch --num_processes 2 tests/helpers/fixed_backend.py CONFIG.json
+    accelerate launch --num_processes 2 tests/helpers/fixed_backend.py CONFIG.json [--hf]
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import zlib
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 
 from rlcf.generation import Generation
@@ -39,8 +41,13 @@ class FixedBackend:
                 out[row, min(n, T) - 1] = self.eos_id
         return Generation(response_ids=out.to(query_ids.device))
 
-    def update_weights(self, model, names=None) -> None:
-        pass
+    def update_weights(self, state, names=None) -> None:
+        """Nothing to load; with RLCF_TEST_PUSHED set, the main process writes what a sampling engine would have
+        been given (it must be full tensors, whatever the sharding) to that file."""
+        path = os.environ.get("RLCF_TEST_PUSHED")
+        if path and os.environ.get("RANK", "0") == "0":
+            kept = set(names) if names is not None else set(state)
+            save_file({n: t.detach().clone().contiguous() for n, t in state.items() if n in kept}, path)
 
 
 def install(monkeypatch=None) -> None:
@@ -61,5 +68,6 @@ if __name__ == "__main__":
     from rlcf.trainer import train
 
     torch.set_num_threads(1)
-    install()
+    if "--hf" not in sys.argv[2:]:  # --hf: rlcf's own sampling (the policy samples itself), seeded per process
+        install()
     train(from_dict(TrainConfig, json.loads(open(sys.argv[1]).read())))

@@ -73,7 +73,7 @@ def test_after_update_weights_vllm_samples_the_updated_policy(setup):
             if name in old:
                 p.add_(0.05 * p.std() * torch.randn(p.shape, generator=g) if p.dim() > 1 else
                        0.05 * torch.randn(p.shape, generator=g))
-    backend.update_weights(models.policy, list(old))
+    backend.update_weights(models.policy.state_dict(), list(old))
     gen = backend.generate(q_ids, q_mask, SAMPLING)
     new_gap = _mismatch(models, gen, q_ids, q_mask, eos)
     with torch.no_grad():
@@ -83,7 +83,7 @@ def test_after_update_weights_vllm_samples_the_updated_policy(setup):
     old_gap = _mismatch(models, gen, q_ids, q_mask, eos)
     assert new_gap < TOL, new_gap
     assert old_gap > 10 * max(new_gap, 1e-4), (old_gap, new_gap)
-    backend.update_weights(models.policy, list(old))  # leave the engine at the initial weights for other tests
+    backend.update_weights(models.policy.state_dict(), list(old))  # leave the engine at the initial weights for other tests
 
 
 def test_training_through_vllm_keeps_sampler_and_policy_in_step(tmp_path):

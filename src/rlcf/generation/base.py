@@ -42,8 +42,9 @@ class GenerationBackend(Protocol):
         capture: a block of the policy whose input hidden state to record, if the backend can (else hidden=None)."""
         ...
 
-    def update_weights(self, model: nn.Module, names: Iterable[str] | None = None) -> None:
-        """Take the weights of `model` (a plain transformers causal LM); names: only these tensors changed."""
+    def update_weights(self, state: dict[str, Tensor], names: Iterable[str] | None = None) -> None:
+        """Take the weights of a plain transformers causal LM (its state dict, full tensors); names: only these
+        tensors changed."""
         ...
 
 

@@ -54,5 +54,5 @@ class HFBackend:
             hidden = torch.cat([nn.functional.pad(h, (0, 0, 0, Q + width - h.shape[1])) for h in hiddens])
         return Generation(response_ids=response_ids, hidden=hidden)
 
-    def update_weights(self, model: nn.Module, names: Iterable[str] | None = None) -> None:
+    def update_weights(self, state: dict[str, Tensor], names: Iterable[str] | None = None) -> None:
         """Nothing to do: generate() runs on the trained module itself."""

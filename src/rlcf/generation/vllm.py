@@ -90,10 +90,10 @@ class VLLMBackend:
         return Generation(response_ids=response_ids.to(query_ids.device), logprobs=logprobs.to(query_ids.device))
 
     @torch.no_grad()
-    def update_weights(self, model: nn.Module, names: Iterable[str] | None = None) -> None:
-        """Push `model`'s tensors (HF names; only `names` when given) into the engine, then drop cached prefixes.
-        vLLM fuses q/k/v and gate/up: a block's tensors go together (top_blocks trains whole blocks)."""
-        state = model.state_dict()
+    def update_weights(self, state: dict[str, Tensor], names: Iterable[str] | None = None) -> None:
+        """Push a plain model's state dict (HF names, full tensors; only `names` when given) into the engine, then
+        drop cached prefixes. vLLM fuses q/k/v and gate/up: a block's tensors go together (top_blocks trains whole
+        blocks)."""
         keep = set(names) if names is not None else set(state)
         # a tied head (lm_head = embed_tokens) goes under both names: vLLM keeps a packed copy of each
         shared = {state[n].data_ptr() for n in keep if n in state}

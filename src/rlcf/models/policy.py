@@ -53,6 +53,25 @@ class PolicyModels(nn.Module):
             if self.critic is not None:
                 enable_gradient_checkpointing(self.critic.trunk)
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The units accelerate's FSDP auto-wrap shards on their own (its transformer-based policy reads this name):
+        every transformer block, and every model that rlcf calls on its own (the policy, the reference copy, the
+        critic and the value head), so each gathers its own parameters when it runs, whichever method calls it."""
+        names = list(getattr(self.base_policy(), "_no_split_modules", None) or [])
+        for part in (self.policy, getattr(self.reference, "model", None), self.critic, self.value_head):
+            if part is not None:
+                names.append(type(part).__name__)
+        return list(dict.fromkeys(names))
+
+    entry_points = ("sample", "old_and_ref_logprobs", "ref_logprobs", "trunk_hidden")
+    """The methods besides forward() that run the models from outside: a sharded run registers each with FSDP2 as a
+    forward of this module (train/accel.py), so this module's parameters are gathered and it stays the root."""
+
+    def sample(self, generate, *args, **kwargs):
+        """generate(*args, **kwargs): a generation backend's sampling, run as one of this module's passes."""
+        return generate(*args, **kwargs)
+
     def train(self, mode: bool = True):
         """Train mode for the policy and critic only: the frozen reference stays in eval mode (no dropout)."""
         super().train(mode)
@@ -142,6 +161,20 @@ class PolicyModels(nn.Module):
     def merged_policy(self):
         """The policy as a plain transformers model (a LoRA adapter merged into a copy)."""
         return self.reference.export(self.policy)
+
+    def export_state(self, gathered: dict | None = None) -> dict:
+        """The exported plain model's state dict (a LoRA adapter merged). gathered: this module's full state dict
+        gathered from every process (a sharded run: its module cannot be exported as itself); a tied weight then
+        holds one tensor under each of its names, as a module's own state dict does."""
+        if gathered is None:
+            return self.merged_policy().state_dict()
+        state = self.reference.exportable_state(self.policy, gathered)
+        first: dict[int, str] = {}
+        for name, p in self.base_policy().named_parameters(remove_duplicate=False):
+            name = name.replace(".base_layer.", ".")
+            if name in state:
+                state[name] = state[first.setdefault(id(p), name)]
+        return state
 
     def changed_tensors(self) -> list[str] | None:
         """Names (in the exported model) of the tensors an update changes; None: all of them."""

@@ -7,8 +7,8 @@ Every loop asks its mode instead of comparing the mode's name (`model.reference`
 - `export(policy)`: the policy as a plain transformers model to save or push into a sampling engine;
 - `changed_tensors(policy)`: the names of the tensors an update can change (None: all of them, after export);
 - `capture_block(policy)`: the block whose input the sampler records (top_blocks: the frozen trunk's output);
-- `exportable_state(state)`: a full state dict gathered from several processes, as the exported model's, or None
-  when the export must be rebuilt from the module itself (LoRA merges).
+- `exportable_state(policy, state)`: a full state dict gathered from several processes (a sharded run), as the
+  exported model's (LoRA: the adapter merged into the weights it adapts).
 
 The modes:
 - `copy`: a full frozen copy of the initial policy; every weight trains.
@@ -55,7 +55,7 @@ class ReferenceMode(Protocol):
 
     def capture_block(self, policy: nn.Module) -> nn.Module | None: ...
 
-    def exportable_state(self, state: dict) -> dict | None: ...
+    def exportable_state(self, policy: nn.Module, state: dict) -> dict: ...
 
 
 def _policy_state(state: dict) -> dict:
@@ -93,7 +93,7 @@ class NoReference(nn.Module):
     def capture_block(self, policy):
         return None
 
-    def exportable_state(self, state):
+    def exportable_state(self, policy, state):
         return _policy_state(state)
 
 
@@ -181,8 +181,23 @@ class LoraReference(NoReference):
     def changed_tensors(self, policy):
         return None  # merging changes every adapted weight: push them all
 
-    def exportable_state(self, state):
-        return None  # the adapter must be merged into the module itself
+    def exportable_state(self, policy, state):
+        """W + scaling * B A for each adapted layer, from the gathered tensors (a sharded module cannot be copied and
+        merged as `export` does); the adapter's tensors dropped and the names the plain model's."""
+        from peft.tuners.lora import LoraLayer  # deferred: peft is only needed in this mode
+
+        state = _policy_state(state)
+        merged = {}
+        for name, module in policy.named_modules():
+            if isinstance(module, LoraLayer) and "default" in module.lora_A:
+                weight = state[f"{name}.base_layer.weight"]
+                delta = state[f"{name}.lora_B.default.weight"].float() @ state[f"{name}.lora_A.default.weight"].float()
+                delta = delta * module.scaling["default"]
+                merged[f"{name}.base_layer.weight"] = (weight.float() + (delta.T if module.fan_in_fan_out else delta)
+                                                       ).to(weight.dtype)
+        prefix = "base_model.model."
+        return {n[len(prefix):].replace(".base_layer.", "."): merged.get(n, t) for n, t in state.items()
+                if n.startswith(prefix) and ".lora_" not in n}
 
 
 def make_reference(cfg: ModelConfig, initial: nn.Module | None = None) -> ReferenceMode:

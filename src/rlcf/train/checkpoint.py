@@ -27,6 +27,7 @@ import torch
 from accelerate.utils import gather_object
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 
 from ..files import atomic_dir, writing
 
@@ -120,14 +121,16 @@ def _trainable_state(models, state: dict | None = None) -> dict[str, torch.Tenso
 
 
 def save_checkpoint(out_dir: Path, step: int, models, optimizer, accelerator, trainer_state: dict,
-                    keep: int = 2) -> Path:
-    """Call on every process: the weights come from accelerate's full state dict (a collective under FSDP) and
-    every process's RNG state is kept; only the main process writes. Then the older checkpoints beyond `keep`
+                    keep: int = 2, sharded: bool = False) -> Path:
+    """Call on every process: the weights come from accelerate's full state dict (a collective under FSDP), the
+    optimiser state is kept whole by parameter name (sharded: gathered, also a collective) and every process's RNG
+    state is kept; only the main process writes. Then the older checkpoints beyond `keep`
     are removed (keep <= 0 keeps all), never the one just written and never for a damaged one."""
     root = Path(out_dir) / CHECKPOINTS
     final = root / f"step_{step:06d}"
     inner = accelerator.unwrap_model(models)
     full = accelerator.get_state_dict(models) if accelerator.num_processes > 1 else None
+    optim_state = optimizer_state(inner, optimizer, sharded)  # a collective when sharded
     # the CPU generator, and on a GPU the CUDA one, which samples the responses there: a resumed run draws what
     # the uninterrupted one would have drawn
     rng = [(torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None)]
@@ -147,7 +150,7 @@ def save_checkpoint(out_dir: Path, step: int, models, optimizer, accelerator, tr
         with atomic_dir(final, needed=needed, note=note) as tmp:
             # named_parameters() lists a tied weight once, so safetensors never sees shared storage
             save_file(weights, tmp / "trainable.safetensors")
-            torch.save({"optimizer": optimizer.state_dict(), "torch_rng": [cpu for cpu, _ in rng],
+            torch.save({"optimizer": optim_state, "torch_rng": [cpu for cpu, _ in rng],
                         "cuda_rng": [gpu for _, gpu in rng]}, tmp / "optim.pt")
             (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
             write_manifest(tmp)  # last: it hashes the files as written
@@ -203,8 +206,52 @@ def _read(path: Path, reader):
                          "resume from an older checkpoint") from e
 
 
-def load_checkpoint(path: Path, models, optimizer, rank: int = 0) -> dict:
-    """Weights, optimiser and this process's RNG state (a run resumed on fewer processes reuses rank 0's)."""
+def _param_names(models, optimizer) -> list[str]:
+    """The name in `models` of each parameter the optimiser holds, in the order of its groups."""
+    names = {id(p): n for n, p in models.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def optimizer_state(models, optimizer, sharded: bool) -> dict:
+    """The optimiser's whole state keyed by parameter name, the same however the run is split: a sharded (FSDP2)
+    run gathers it from every process (call on all of them), another names the entries of its own state_dict.
+    A checkpoint so written resumes on another number of processes, sharded or not."""
+    if sharded:
+        return get_optimizer_state_dict(models, getattr(optimizer, "optimizer", optimizer),
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    names = _param_names(models, optimizer)
+    state = optimizer.state_dict()
+    return {"state": {names[i]: v for i, v in state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+
+
+def load_optimizer_state(models, optimizer, state: dict, sharded: bool) -> None:
+    """Restore what optimizer_state (or, keyed by position, an older rlcf) saved. Sharded: after accelerate's
+    prepare, each process keeps its own shard of the full state."""
+    groups = state["param_groups"]
+    named = bool(groups) and bool(groups[0]["params"]) and isinstance(groups[0]["params"][0], str)
+    names = _param_names(models, optimizer)
+    if sharded:
+        if not named:
+            state = {"state": {names[i]: v for i, v in state["state"].items()},
+                     "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in groups]}
+        set_optimizer_state_dict(models, getattr(optimizer, "optimizer", optimizer), state,
+                                 options=StateDictOptions(full_state_dict=True))
+        return
+    if named:
+        index = {n: i for i, n in enumerate(names)}
+        unknown = [n for g in groups for n in g["params"] if n not in index]
+        if unknown:
+            raise ValueError(f"the checkpoint's optimiser state names {len(unknown)} parameters this run does not "
+                             f"train (e.g. {unknown[0]}); was it written with another model or reference mode?")
+        state = {"state": {index[n]: v for n, v in state["state"].items()},
+                 "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in groups]}
+    optimizer.load_state_dict(state)
+
+
+def load_checkpoint(path: Path, models, optimizer, rank: int = 0, sharded: bool = False) -> dict:
+    """Weights, optimiser and this process's RNG state (a run resumed on fewer processes reuses rank 0's).
+    Call before accelerate's prepare; sharded: the optimiser is left for load_sharded_optimizer, after it."""
     path = Path(path)
     state = _read(path / "trainable.safetensors", load_file)
     missing = [n for n, p in models.named_parameters() if p.requires_grad and n not in state]
@@ -214,7 +261,8 @@ def load_checkpoint(path: Path, models, optimizer, rank: int = 0) -> dict:
     trainer_state = _read(path / "trainer_state.json", lambda p: json.loads(p.read_text()))
     extra = _read(path / "optim.pt", lambda p: torch.load(p, weights_only=True))
     models.load_state_dict(state, strict=False)
-    optimizer.load_state_dict(extra["optimizer"])
+    if not sharded:
+        load_optimizer_state(models, optimizer, extra["optimizer"], sharded=False)
     rng = extra["torch_rng"]
     rng = rng if isinstance(rng, list) else [rng]
     torch.set_rng_state(rng[rank] if rank < len(rng) else rng[0])
@@ -223,6 +271,13 @@ def load_checkpoint(path: Path, models, optimizer, rank: int = 0) -> dict:
     if cuda_rng is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(cuda_rng)
     return trainer_state
+
+
+def load_sharded_optimizer(path: Path, models, optimizer) -> None:
+    """A sharded run's optimiser state from checkpoint `path`: every process reads the full state and keeps its
+    shard. Call on every process after accelerate's prepare."""
+    extra = _read(Path(path) / "optim.pt", lambda p: torch.load(p, weights_only=True))
+    load_optimizer_state(models, optimizer, extra["optimizer"], sharded=True)
 
 
 def truncate_metrics(path: Path, last_step: int) -> int:

@@ -24,8 +24,8 @@ from typing import Callable
 
 from ..files import atomic_dir
 from ..trackers import trackers
-from .accel import make_accelerator
-from .checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
+from .accel import is_sharded, make_accelerator, register_entry_points
+from .checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, load_sharded_optimizer, save_checkpoint
 from .metrics_log import MetricsLog
 from .model_card import write_model_card
 from .rundir import RunDir
@@ -90,11 +90,15 @@ class TrainingLoop:
         state = {}
         ckpt = latest_checkpoint(self.out) if self.settings.resume else None
         if ckpt is not None:
-            state = load_checkpoint(ckpt, self.model, self.optimizer, acc.process_index)
+            state = load_checkpoint(ckpt, self.model, self.optimizer, acc.process_index, is_sharded(acc))
             self.start_step = state["step"]
             acc.print(f"resumed from {ckpt} (step {self.start_step} of {total_steps})")
         self.last_saved = self.start_step
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        if is_sharded(acc):
+            register_entry_points(self.model)
+            if ckpt is not None:  # each process's shard of the optimiser state, once the parameters are sharded
+                load_sharded_optimizer(ckpt, self.model, self.optimizer)
         # metrics.jsonl and the trackers: a resumed run redoes the steps after its checkpoint, a fresh one all of them
         self.log = MetricsLog(self.out, acc, self.start_step, f"rlcf-{self.settings.name}",
                               self.settings.tracker_config, total_steps if self.settings.progress else None)
@@ -123,7 +127,8 @@ class TrainingLoop:
         return "no checkpoint was written yet: the same command starts the run again"
 
     def save(self, step: int) -> None:
-        save_checkpoint(self.out, step, self.model, self.optimizer, self.accelerator, self.loop_state())
+        save_checkpoint(self.out, step, self.model, self.optimizer, self.accelerator, self.loop_state(),
+                        sharded=is_sharded(self.accelerator))
         self.last_saved = step
 
     def check_stop(self, step: int) -> None:

@@ -18,6 +18,7 @@ from ..generation.hf import HFBackend
 from ..models.policy import PolicyModels
 from ..rewards.sources import RewardScaler, RewardSource
 from ..types import Rollout
+from .accel import gathered
 
 _LIBC = None
 if sys.platform.startswith("linux"):
@@ -115,8 +116,9 @@ class RolloutEngine:
 
         # 1. sample (top_blocks: the frozen trunk's output is recorded on the way, when the backend can)
         t0 = time.perf_counter()
-        with eval_mode(self.models):
-            gen = self.backend.generate(query_ids, query_mask, self.cfg, capture=self.models.first_trainable_block())
+        with eval_mode(self.models), gathered(self.models.policy):  # sharded: the policy gathered once, not per token
+            gen = self.models.sample(self.backend.generate, query_ids, query_mask, self.cfg,
+                                     capture=self.models.first_trainable_block())
         response_ids = gen.response_ids.to(query_ids.device)
         response_mask, truncated = response_mask_from_ids(response_ids, self.eos_ids)
         timings.generate += time.perf_counter() - t0
