@@ -141,3 +141,34 @@ def test_a_deepspeed_launch_is_refused_before_anything_loads(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match="distributed_type: DEEPSPEED.*configs/accelerate/fsdp.yaml"):
         make_accelerator()
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo", "rm"])
+def test_supervised_stages_run_sharded_as_unsharded(tiny_model_dir, tmp_path, kind):
+    """The supervised loop on the same scaffold: sharded (FSDP2) and unsharded (DDP) two-process runs log the same
+    metrics and write the same plain folder (DPO: its frozen reference a unit of its own; the final model gathered)."""
+    from helpers.common import write_jsonl
+    from test_dpo import pairs
+    from test_sft import mapping_rows
+
+    data = write_jsonl(tmp_path / "data.jsonl", mapping_rows() if kind == "sft" else pairs(32, 0))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    for name, accelerate_config in (("ddp", "cpu_2proc.yaml"), ("fsdp", FSDP)):
+        proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                               str(TESTS.parent / "configs" / "accelerate" / accelerate_config), "--main_process_port",
+                               str(_free_port()), str(TESTS / "helpers" / "stage_run.py"), kind, tiny_model_dir,
+                               str(data), str(tmp_path / name)], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-5000:]
+    a, b = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "fsdp")
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) > 2
+    for x, y in zip(a, b):
+        for key in x:
+            if key.startswith(("loss/", "eval/", "reward/")):
+                assert y[key] == pytest.approx(x[key], abs=1e-5, rel=1e-4), (x["step"], key)
+    first = next(k for k in a[-1] if k.startswith("loss/"))
+    assert a[-1][first] != a[1][first]  # it trained
+    w1, w2 = _weights(tmp_path / "ddp"), _weights(tmp_path / "fsdp")
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], atol=2e-5, rtol=1e-4)

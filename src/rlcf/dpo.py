@@ -57,11 +57,7 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
         B = mask.shape[0] // 2
         return dpo_loss(logprobs[:B], logprobs[B:], ref_logprobs[:B], ref_logprobs[B:], mask[:B], mask[B:], cfg.beta)
 
-    def save(folder: Path) -> None:
-        models.merged_policy().save_pretrained(folder)
-        models.tokenizer.save_pretrained(folder)
-
-    stage = Stage(name="dpo", model=models, rows=rows, collate=collate, loss_fn=loss_fn, save=save,
+    stage = Stage(name="dpo", model=models, rows=rows, collate=collate, loss_fn=loss_fn, save=models.save_policy,
                   eval_fraction=cfg.data.eval_fraction, eval_rows=eval_rows)
     return run_stage(cfg, stage, run)
 

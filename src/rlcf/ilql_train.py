@@ -84,8 +84,8 @@ def run_ilql(cfg: TrainConfig) -> Path:
         return ilql_loss(out["lm_logits"], out["qs"], out["target_qs"], out["vs"], batch["response_ids"],
                          batch["response_mask"], token_rewards(batch["scores"], batch["response_mask"]), icfg)
 
-    def save(folder: Path) -> None:
-        save_ilql(model, tokenizer, folder, icfg.beta, dataclasses.asdict(icfg))
+    def save(folder: Path, gathered: dict | None) -> None:
+        save_ilql(model, tokenizer, folder, icfg.beta, dataclasses.asdict(icfg), gathered)
 
     # one minibatch per optimiser step: the Polyak target update counts optimiser steps
     stage_cfg = dataclasses.replace(StageConfig.of(cfg, command="rlcf train --algo ilql"),

@@ -47,8 +47,8 @@ def run_rm(cfg: RMConfig) -> Path:
     run = claim_run(cfg)  # may the output folder be started or resumed? (before the model loads)
     model = load_rm_model(cfg, tokenizer)
 
-    def save(folder: Path) -> None:
-        model.save_pretrained(folder)
+    def save(folder: Path, gathered: dict | None) -> None:
+        model.save_pretrained(folder, **({} if gathered is None else {"state_dict": gathered}))
         tokenizer.save_pretrained(folder)
 
     stage = Stage(name="rm", model=model, rows=rows, collate=lambda batch: rm_collate(batch, tokenizer.pad_token_id),

@@ -29,7 +29,7 @@ from .models.hub import load_tokenizer
 from .models.load import load_causal_lm
 from .models.logprobs import response_logprobs
 from .models.policy import enable_gradient_checkpointing
-from .models.reference import select_trainable
+from .models.reference import save_exported, select_trainable
 from .train.supervised import Stage, claim_run, run_stage
 from .validate import validate
 
@@ -50,8 +50,8 @@ def run_sft(cfg: SFTConfig) -> Path:
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(mode.base(lm))
 
-    def save(folder: Path) -> None:
-        mode.export(lm).save_pretrained(folder)
+    def save(folder: Path, gathered: dict | None) -> None:
+        save_exported(mode, lm, folder, gathered)
         tokenizer.save_pretrained(folder)
 
     stage = Stage(name="sft", model=lm, rows=rows, collate=partial(sft_collate, pad_id=tokenizer.pad_token_id),

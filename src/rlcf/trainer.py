@@ -138,7 +138,7 @@ def train(cfg: TrainConfig) -> Path:
                                               cfg.eval_samples))  # its own phase: perf/eval_s, not in perf/step_s
             loop.log.write(record, {"reward": f"{record['reward/mean']:.3f}", "kl": f"{record['kl/k1_seq']:.3f}"})
             loop.end_step(step, cfg.steps)
-    return loop.finish(partial(save_policy, inner))
+    return loop.finish(inner.save_policy)
 
 
 def setup(cfg: TrainConfig) -> RLRun:
@@ -349,18 +349,3 @@ def exported_state(models: PolicyModels, accelerator) -> dict:
     """The policy's weights as the plain model's state dict, to push into a sampling engine: gathered from every
     process when the run is sharded (a collective: every process calls it)."""
     return models.export_state(full_state_everywhere(models) if is_sharded(accelerator) else None)
-
-
-def save_policy(models: PolicyModels, folder: Path, state: dict | None = None) -> None:
-    """The policy as a plain transformers folder (safetensors). state: the full state dict gathered from several
-    processes (a sharded module cannot be exported as itself); the reference mode makes it the plain model's."""
-    if state is None:
-        models.merged_policy().save_pretrained(folder)
-    else:
-        base = models.base_policy()
-        state = models.export_state(state)
-        # a tied weight once (a gathered state dict lists it under both names), as an unsharded save writes it
-        own = {n.replace(".base_layer.", ".") for n, _ in base.named_parameters() if ".lora_" not in n}
-        own |= {n for n, _ in base.named_buffers()}
-        base.save_pretrained(folder, state_dict={n: t for n, t in state.items() if n in own})
-    models.tokenizer.save_pretrained(folder)

@@ -40,6 +40,7 @@ from ..losses.ilql import ilql_decode_logits, polyak_update
 from .blocks import train_top_blocks
 from .hub import DTYPES
 from .logprobs import sequence_inputs
+from .reference import NoReference, save_exported
 from .sampling import cache_keyword, decode, returned_cache
 
 HEADS_FILE = "ilql_heads.safetensors"
@@ -152,19 +153,25 @@ def _meta(model: ILQLModel, beta: float, cfg_dict: dict) -> dict:
             "config": cfg_dict}
 
 
-def save_ilql(model: ILQLModel, tokenizer, folder, beta: float, cfg_dict: dict | None = None) -> Path:
+def save_ilql(model: ILQLModel, tokenizer, folder, beta: float, cfg_dict: dict | None = None,
+              gathered: dict | None = None) -> Path:
     """Write into `folder` (created if needed): the plain LM as a transformers folder (safetensors: loads with
     AutoModelForCausalLM as the behaviour-cloned LM), the tokenizer (when given), `ilql_heads.safetensors` (Q, target
     Q and V heads) and, last, `ilql.json` (beta, two_qs, sizes, the ILQL config). Callers wanting an all-or-nothing
-    folder write into checkpoint.atomic_dir, as the stages do."""
+    folder write into checkpoint.atomic_dir, as the stages do. gathered: the model's full state dict
+    gathered from several processes (a sharded module cannot save itself), else None."""
     if not (isinstance(beta, (int, float)) and math.isfinite(beta)):
         raise ValueError(f"save_ilql: beta={beta!r} must be a finite number")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.lm.save_pretrained(folder)
+    def part(prefix: str) -> dict | None:
+        return None if gathered is None else {n[len(prefix):]: t for n, t in gathered.items() if n.startswith(prefix)}
+
+    save_exported(NoReference(), model.lm, folder, part("lm."))
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.heads.state_dict().items()}
+    heads = model.heads.state_dict() if gathered is None else part("heads.")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in heads.items()}
     save_file(state, str(folder / HEADS_FILE), metadata={"format": "pt"})
     text = json.dumps(_meta(model, beta, dict(cfg_dict or {})), indent=2, default=str)
     (folder / META_FILE).write_text(text + "\n", encoding="utf-8")

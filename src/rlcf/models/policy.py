@@ -16,7 +16,7 @@ from .blocks import StopForward, capture_block_inputs, run_top_blocks
 from .critic import Critic, ValueHead
 from .hub import load_lm, load_tokenizer
 from .logprobs import sequence_inputs, token_logprobs
-from .reference import ReferenceMode, make_reference
+from .reference import ReferenceMode, make_reference, save_exported
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
@@ -28,6 +28,11 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def policy_part(state: dict) -> dict:
+    """The policy's own tensors of a PolicyModels state dict, under the policy's names."""
+    return {n[len("policy."):]: t for n, t in state.items() if n.startswith("policy.")}
 
 
 class PolicyModels(nn.Module):
@@ -168,13 +173,19 @@ class PolicyModels(nn.Module):
         holds one tensor under each of its names, as a module's own state dict does."""
         if gathered is None:
             return self.merged_policy().state_dict()
-        state = self.reference.exportable_state(self.policy, gathered)
+        state = self.reference.exportable_state(self.policy, policy_part(gathered))
         first: dict[int, str] = {}
         for name, p in self.base_policy().named_parameters(remove_duplicate=False):
             name = name.replace(".base_layer.", ".")
             if name in state:
                 state[name] = state[first.setdefault(id(p), name)]
         return state
+
+    def save_policy(self, folder, gathered: dict | None = None) -> None:
+        """The policy as a plain transformers folder, with its tokenizer. gathered: this module's full state dict
+        gathered from several processes (see reference.save_exported)."""
+        save_exported(self.reference, self.policy, folder, None if gathered is None else policy_part(gathered))
+        self.tokenizer.save_pretrained(folder)
 
     def changed_tensors(self) -> list[str] | None:
         """Names (in the exported model) of the tensors an update changes; None: all of them."""

@@ -7,8 +7,8 @@ Every loop asks its mode instead of comparing the mode's name (`model.reference`
 - `export(policy)`: the policy as a plain transformers model to save or push into a sampling engine;
 - `changed_tensors(policy)`: the names of the tensors an update can change (None: all of them, after export);
 - `capture_block(policy)`: the block whose input the sampler records (top_blocks: the frozen trunk's output);
-- `exportable_state(policy, state)`: a full state dict gathered from several processes (a sharded run), as the
-  exported model's (LoRA: the adapter merged into the weights it adapts).
+- `exportable_state(policy, state)`: the policy's full state dict gathered from several processes (a sharded run),
+  as the exported model's (LoRA: the adapter merged into the weights it adapts).
 
 The modes:
 - `copy`: a full frozen copy of the initial policy; every weight trains.
@@ -58,11 +58,6 @@ class ReferenceMode(Protocol):
     def exportable_state(self, policy: nn.Module, state: dict) -> dict: ...
 
 
-def _policy_state(state: dict) -> dict:
-    """The policy's own tensors of a PolicyModels state dict, under the plain model's names."""
-    return {n[len("policy."):]: t for n, t in state.items() if n.startswith("policy.")}
-
-
 def _trained_names(policy: nn.Module) -> list[str]:
     return [n for n, p in policy.named_parameters() if p.requires_grad]
 
@@ -94,7 +89,7 @@ class NoReference(nn.Module):
         return None
 
     def exportable_state(self, policy, state):
-        return _policy_state(state)
+        return dict(state)
 
 
 class CopyReference(NoReference):
@@ -186,7 +181,6 @@ class LoraReference(NoReference):
         merged as `export` does); the adapter's tensors dropped and the names the plain model's."""
         from peft.tuners.lora import LoraLayer  # deferred: peft is only needed in this mode
 
-        state = _policy_state(state)
         merged = {}
         for name, module in policy.named_modules():
             if isinstance(module, LoraLayer) and "default" in module.lora_A:
@@ -198,6 +192,20 @@ class LoraReference(NoReference):
         prefix = "base_model.model."
         return {n[len(prefix):].replace(".base_layer.", "."): merged.get(n, t) for n, t in state.items()
                 if n.startswith(prefix) and ".lora_" not in n}
+
+
+def save_exported(mode: ReferenceMode, policy: nn.Module, folder, gathered: dict | None = None) -> None:
+    """The policy as a plain transformers folder (safetensors). gathered: the policy's full state dict gathered from
+    several processes (a sharded module cannot be exported as itself), made the plain model's by the mode; a tied
+    weight is then written once, as an unsharded save writes it."""
+    if gathered is None:
+        mode.export(policy).save_pretrained(folder)
+        return
+    base = mode.base(policy)
+    state = mode.exportable_state(policy, gathered)
+    own = {n.replace(".base_layer.", ".") for n, _ in base.named_parameters() if ".lora_" not in n}
+    own |= {n for n, _ in base.named_buffers()}
+    base.save_pretrained(folder, state_dict={n: t for n, t in state.items() if n in own})
 
 
 def make_reference(cfg: ModelConfig, initial: nn.Module | None = None) -> ReferenceMode:

@@ -14,7 +14,6 @@ from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 
 from ..errors import ConfigError
 
-
 DEEPSPEED_REFUSED = (
     "this launch's accelerate config says distributed_type: DEEPSPEED, which rlcf does not run: a ZeRO optimiser keeps "
     "its state in DeepSpeed's own partitioned format, which rlcf's checkpoints (whole, by parameter name, resumable "

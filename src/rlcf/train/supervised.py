@@ -49,8 +49,9 @@ class Stage:
     """A list of rows -> a batch of CPU tensors; the loop moves them to the device."""
     loss_fn: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
     """(model, batch) -> (scalar loss, {'group/name': scalar tensor}); runs under no_grad for evaluation."""
-    save: Callable[[Path], None]
-    """Writes the final model (and its tokenizer) into the given folder."""
+    save: Callable[[Path, dict | None], None]
+    """(folder, gathered): writes the final model (and its tokenizer) into the folder. gathered: the module's full
+    state dict gathered from several processes (a sharded module cannot save itself), else None."""
     eval_fraction: float = 0.0
     """Share of the rows held out for the eval/ metrics (the command's data.eval_fraction)."""
     eval_rows: list | None = None
@@ -220,4 +221,4 @@ def run_stage(cfg, stage: Stage, run: RunDir | None = None) -> Path:
             loop.end_step(step, total_steps)
 
     # 5. the final model, written elsewhere and renamed into place
-    return loop.finish(lambda folder, _state: stage.save(folder))
+    return loop.finish(stage.save)
