@@ -13,6 +13,7 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
+import torch
 import tyro
 
 from .config import (
@@ -123,6 +124,17 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        # several processes (accelerate launch, torchrun): leave the process group before the interpreter exits;
+        # a process that exits with gloo's threads still running aborts ("terminate called without an active
+        # exception", exit code -6), which the launcher reports as a failed run
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

@@ -71,3 +71,5 @@ if __name__ == "__main__":
     if "--hf" not in sys.argv[2:]:  # --hf: rlcf's own sampling (the policy samples itself), seeded per process
         install()
     train(from_dict(TrainConfig, json.loads(open(sys.argv[1]).read())))
+    if torch.distributed.is_initialized():  # leave the group before exiting (as rlcf's CLI does)
+        torch.distributed.destroy_process_group()

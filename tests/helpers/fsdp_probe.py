@@ -84,6 +84,8 @@ def main(model_dir: str, out: str) -> None:
             "full_rows": int(full[name].shape[0]),
             "full_sums": sums,
         }))
+    acc.wait_for_everyone()
+    dist.destroy_process_group()  # a process leaving with gloo's threads alive aborts ("terminate called...")
 
 
 if __name__ == "__main__":

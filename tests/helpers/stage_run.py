@@ -27,3 +27,5 @@ if __name__ == "__main__":
         from test_rm import rm_config
 
         run_rm(rm_config(model_dir, data, out, **{"optim.epochs": 2}))
+    if torch.distributed.is_initialized():  # leave the group before exiting (as rlcf's CLI does)
+        torch.distributed.destroy_process_group()
