@@ -134,3 +134,16 @@ def test_unknown_algorithm_is_named(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match=r"--algo: expected one of 'p3o', 'ppo', 'rloo', 'grpo', 'gspo', 'apa', 'awr', 'ilql', got 'dqn'"):
         train(tiny_config(tiny_model_dir, tmp_path, "dqn", steps=1))
     assert not tmp_path.joinpath("config.yaml").exists()  # checked before anything is written
+
+
+def test_clip_fraction_is_logged_per_epoch(tiny_model_dir, tmp_path):
+    """Several epochs over one minibatch: the first epoch's ratio is exactly 1 (pi_old is the policy it starts from), so
+    nothing is clipped there; the later epochs, after large updates, clip; the step's clipfrac is their mean."""
+    train(tiny_config(tiny_model_dir, tmp_path / "out", "p3o", steps=3, **{
+        "optim.epochs": 3, "optim.minibatch_prompts": 16, "optim.lr": 3e-2, "p3o.variant": "v2"}))
+    rows = read_metrics(tmp_path / "out")
+    for r in rows:
+        per_epoch = [r[f"policy/clipfrac_epoch{e}"] for e in (1, 2, 3)]
+        assert per_epoch[0] == 0.0
+        assert sum(per_epoch) / 3 == pytest.approx(r["policy/clipfrac"], abs=1e-6)
+    assert max(r["policy/clipfrac_epoch3"] for r in rows) > 0

@@ -264,7 +264,7 @@ def update(rl: RLRun, rollout: Rollout, fwd, beta: float, step: int) -> tuple[li
     cfg, loop, acc = rl.cfg, rl.loop, rl.loop.accelerator
     history, skipped = [], 0
     shuffle = torch.Generator().manual_seed(cfg.seed * 7919 + step)  # per step, so a resumed run matches
-    for _ in range(cfg.optim.epochs):
+    for epoch in range(cfg.optim.epochs):
         perm = torch.randperm(rollout.n_groups, generator=shuffle)
         for s in range(0, rollout.n_groups, cfg.optim.minibatch_prompts):
             mb = rollout if fwd is not None else rollout.select_groups(perm[s : s + cfg.optim.minibatch_prompts])
@@ -287,6 +287,8 @@ def update(rl: RLRun, rollout: Rollout, fwd, beta: float, step: int) -> tuple[li
                     skipped += not stepped
                     if cfg.optim.max_grad_norm > 0:
                         m["policy/grad_norm"] = torch.tensor(norm)
+            if cfg.optim.epochs > 1 and "policy/clipfrac" in m:  # how the trust region bites as the epochs go
+                m[f"policy/clipfrac_epoch{epoch + 1}"] = m["policy/clipfrac"]
             history.append({key: v.detach() for key, v in m.items()})
     return history, skipped
 
