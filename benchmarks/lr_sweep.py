@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from frontier import METHODS, _set
 from rlcf.cli import preset
@@ -181,6 +182,28 @@ def main(argv=None) -> int:
     return 0
 
 
+def plot_traces(results: dict, path: Path) -> None:
+    """One panel per method: gold against KL along training, one line per rate, the matched KL dashed. KL on a
+    symmetric-log axis (linear below 0.1 nats), since every trace starts at the initial policy's 0."""
+    cols = min(4, len(results))
+    rows = (len(results) + cols - 1) // cols
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
+    for i, (method, r) in enumerate(results.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for lr, pts in r["traces"].items():
+            ax.plot([k for _, k, _ in pts], [g for _, _, g in pts], marker="o", markersize=3,
+                    label=f"lr {lr}" + (" (chosen)" if r["chosen"] == float(lr) else ""))
+        if r["matched_kl"]:
+            ax.axvline(r["matched_kl"], linestyle="--", color="grey", linewidth=1)
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_title(method)
+        ax.set_xlabel("KL to the initial policy (nats)")
+        ax.set_ylabel("gold (VADER)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.savefig(path, dpi=100)
+
+
 def write_report(results: dict, docs: Path, args, start, seconds: float, log: Path) -> None:
     invocations = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
     lines = [
@@ -209,6 +232,8 @@ def write_report(results: dict, docs: Path, args, start, seconds: float, log: Pa
     lines += ["", "Chosen rates: " + "; ".join(f"{m} {r['chosen']:g}" if r["chosen"] is not None else f"{m} none"
                                             for m, r in results.items()) + "."]
     docs.mkdir(parents=True, exist_ok=True)
+    plot_traces(results, docs / "lr_selection.png")
+    lines += ["", "![gold against KL along training, one panel per method, one line per rate](lr_selection.png)"]
     (docs / "lr_selection.md").write_text("\n".join(lines) + "\n")
     (docs / "lr_selection.json").write_text(json.dumps(results, indent=1))
     print(f"lr selection: {docs / 'lr_selection.md'}")

@@ -268,3 +268,19 @@ def test_cli_plot_prints_the_report_path_and_errors_exit_2(runs, tmp_path, capsy
     assert str(out / "report.html") in capsys.readouterr().out
     assert main(["plot", "--runs", str(tmp_path / "missing")]) == 2
     assert f"rlcf plot: {tmp_path / 'missing'}: run folder does not exist" in capsys.readouterr().err
+
+
+def test_a_crowded_frontier_uses_a_log_kl_axis_and_no_point_labels(tmp_path):
+    """Four algorithms from 0.5 to 12 nats: KL on a log axis, and no strength label beside each point (they stacked
+    on each other below 6 nats); two algorithms over a narrow KL range keep the linear axis and the labels."""
+    from rlcf.plot import aggregate, frontier_figure
+
+    crowded = [make_run(tmp_path / algo, f"{algo}-{s}", algo, s, 0, [1.0], [kl], golds=[0.1 * kl])
+               for algo, base in (("p3o", 0.5), ("apa", 1.0), ("ppo", 2.0), ("awr", 3.0))
+               for s, kl in ((0.01, 4 * base), (0.05, base))]
+    (ax,) = frontier_figure(aggregate(collect_runs(crowded)), "gold").axes
+    assert ax.get_xscale() == "log" and not ax.texts
+    few = [make_run(tmp_path / "few", f"{algo}-{s}", algo, s, 0, [1.0], [kl], golds=[0.1])
+           for algo in ("p3o", "ppo") for s, kl in ((0.01, 2.0), (0.05, 1.5))]
+    (ax,) = frontier_figure(aggregate(collect_runs(few)), "gold").axes
+    assert ax.get_xscale() == "linear" and len(ax.texts) == 4

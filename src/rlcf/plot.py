@@ -328,30 +328,49 @@ def _save_figure(fig, path: Path) -> None:
     atomic_write(path, buffer.getvalue())
 
 
+FRONTIER_LABELS = 3
+"""Up to this many algorithms a frontier plot names each point's strength beside it; with more, the labels pile up
+(a dozen below 6 nats), and the strengths are read from the report's tables instead."""
+
+
 def plot_frontier(groups: list[GroupSummary], metric: str, path: Path) -> Optional[Path]:
-    """One point per (algo, strength) at (mean KL, mean metric) with stderr bars, joined per algo by KL."""
+    """frontier_figure written to `path`; None (no file) when no group has both a KL and the metric."""
+    fig = frontier_figure(groups, metric)
+    if fig is None:
+        return None
+    _save_figure(fig, path)
+    return path
+
+
+def frontier_figure(groups: list[GroupSummary], metric: str):
+    """One point per (algo, strength) at (mean KL, mean metric) with stderr bars, joined per algo by KL. KL on a log
+    axis when every KL is positive and they span more than 4x (a frontier's points crowd at small KL on a linear
+    one); the legend beside the axes."""
     points = [g for g in groups if g.mean["kl"] is not None and g.mean[metric] is not None]
     if not points:
         return None
     fig, (ax,) = _figure()
+    algos = sorted({g.algo for g in points})
+    kls = [g.mean["kl"] for g in points]
+    if min(kls) > 0 and max(kls) > 4 * min(kls):
+        ax.set_xscale("log")
 
     colors = colormaps["tab10"]
-    for i, algo in enumerate(sorted({g.algo for g in points})):
+    for i, algo in enumerate(algos):
         mine = sorted((g for g in points if g.algo == algo), key=lambda g: g.mean["kl"])
         xs = [g.mean["kl"] for g in mine]
         ys = [g.mean[metric] for g in mine]
         ax.errorbar(xs, ys, xerr=[g.stderr["kl"] for g in mine], yerr=[g.stderr[metric] for g in mine],
                     color=colors(i % 10), marker="o", capsize=3, label=algo)
         for g, x, y in zip(mine, xs, ys):
-            if g.strength is not None:
+            if g.strength is not None and len(algos) <= FRONTIER_LABELS:
                 ax.annotate(g.strength_label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
     ax.set_xlabel("KL to the reference (k1, nats per sequence)")
     ax.set_ylabel(f"final {metric}")
     ax.set_title(f"KL-{metric} frontier")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    _save_figure(fig, path)
-    return path
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
 
 
 # ---------------------------------------------------------------- report
