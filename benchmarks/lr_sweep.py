@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 
 import torch
+from frontier import METHODS, _set
 from matplotlib.figure import Figure
 
-from frontier import METHODS, _set
 from rlcf.cli import preset
 from rlcf.config import EvalConfig
 from rlcf.demo.task import load_prompts as demo_prompts
