@@ -164,6 +164,7 @@ def save_ilql(model: ILQLModel, tokenizer, folder, beta: float, cfg_dict: dict |
         raise ValueError(f"save_ilql: beta={beta!r} must be a finite number")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+
     def part(prefix: str) -> dict | None:
         return None if gathered is None else {n[len(prefix):]: t for n, t in gathered.items() if n.startswith(prefix)}
 

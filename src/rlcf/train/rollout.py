@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
@@ -116,7 +117,9 @@ class RolloutEngine:
 
         # 1. sample (top_blocks: the frozen trunk's output is recorded on the way, when the backend can)
         t0 = time.perf_counter()
-        with eval_mode(self.models), gathered(self.models.policy):  # sharded: the policy gathered once, not per token
+        # sharded, the policy is gathered once for all the tokens it samples (another backend samples its own copy)
+        own = gathered(self.models.policy) if self.backend.name == "hf" else contextlib.nullcontext()
+        with eval_mode(self.models), own:
             gen = self.models.sample(self.backend.generate, query_ids, query_mask, self.cfg,
                                      capture=self.models.first_trainable_block())
         response_ids = gen.response_ids.to(query_ids.device)
