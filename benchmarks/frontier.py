@@ -78,6 +78,14 @@ def _set(cfg, dotted: str, value) -> None:
     setattr(cfg, last, value)
 
 
+def shared_stages(base) -> None:
+    """The labelled pairs and the reward model every run shares: the main job's label and rm stages, unless done."""
+    if not Path(base.label.output).exists():
+        run_label(base.label)
+    if not (Path(base.rm.output_dir) / "final").exists():
+        run_rm(base.rm)
+
+
 def run_name(method: str, strength: float, seed: int) -> str:
     return f"{method}-{METHODS[method][2].split('.')[-1]}{strength:g}-seed{seed}"
 
@@ -266,10 +274,7 @@ def main(argv=None) -> int:
     base.train.rollout.max_new_tokens = base.eval.rollout.max_new_tokens = args.max_new_tokens
     base = wire(base)
     if not args.report_only:
-        if not Path(base.label.output).exists():
-            run_label(base.label)
-        if not (Path(base.rm.output_dir) / "final").exists():
-            run_rm(base.rm)
+        shared_stages(base)
 
     # 2. every (seed, method, strength): seeds outermost, so a part that stops early has whole seeds
     for seed in [] if args.report_only else args.seeds:

@@ -33,16 +33,14 @@ import time
 from pathlib import Path
 
 import torch
-from frontier import METHODS, _set
+from frontier import METHODS, _set, shared_stages
 from matplotlib.figure import Figure
 
 from rlcf.cli import preset
 from rlcf.config import EvalConfig
 from rlcf.demo.task import load_prompts as demo_prompts
 from rlcf.evaluate import run_eval
-from rlcf.label import run_label
 from rlcf.pipeline import wire
-from rlcf.rm import run_rm
 from rlcf.trainer import train
 
 ONLINE = [m for m, spec in METHODS.items() if spec[0] != "dpo"]
@@ -125,10 +123,7 @@ def main(argv=None) -> int:
     base.train.optim.epochs, base.train.optim.minibatch_prompts = args.epochs, args.minibatch_prompts
     base = wire(base)
     if not args.report_only:
-        if not Path(base.label.output).exists():
-            run_label(base.label)
-        if not (Path(base.rm.output_dir) / "final").exists():
-            run_rm(base.rm)
+        shared_stages(base)
 
     # the initial policy on the selection prompts: every trace starts there
     start_file = out / "initial.json"
