@@ -417,6 +417,25 @@ def test_rloo_loss_matches_slow_reference_with_grads():
     assert 0 < m["policy/clipfrac"].item() < 1
 
 
+def test_rloo_token_mean_ratio_is_the_geometric_mean_of_the_token_ratios():
+    r = make_rollout(G=2, K=3, seed=13, spread=0.2)
+    A = torch.randn(6, generator=torch.Generator().manual_seed(3), dtype=F64)
+    eps = 0.05
+    loss, m = rloo_loss(LossBatch(**r, advantages=A), RLOOConfig(eps=eps, ratio="token_mean"))
+    ref = 0.0
+    for b in range(6):
+        n = r["mask"][b].sum()
+        rho = torch.exp((seq(r["logprobs"], r["mask"], b) - seq(r["old_logprobs"], r["mask"], b)) / n)
+        ref = ref + max(-A[b] * rho, -A[b] * torch.clamp(rho, 1 - eps, 1 + eps))
+    ref = ref / 6
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
+    assert torch.allclose(grad_of(loss, r["logprobs"])[0], grad_of(ref, r["logprobs"])[0], atol=1e-13)
+    sequence, _ = rloo_loss(LossBatch(**r, advantages=A), RLOOConfig(eps=eps))
+    assert abs(sequence.item() - loss.item()) > 1e-6  # not the sequence ratio
+    with pytest.raises(ValueError, match="unknown ratio 'tokens'"):
+        rloo_loss(LossBatch(**r, advantages=A), RLOOConfig(ratio="tokens"))
+
+
 def test_rloo_advantages_hand_values():
     # beta 0.5, ref 0, seq k1 = [1, 0, 2, 0] (row 3's 5.0 is a pad), s = [3, 1, 4, 0.5]
     # -> r = s - 0.5 k1 = [2.5, 1.0, 3.0, 0.5]; one group of 4, A_i = r_i - mean of the other three:

@@ -112,6 +112,9 @@ class RLOOConfig:
     """Fixed KL coefficient of the sequence-level k1 penalty in the reward."""
     eps: float = field(default=0.2, metadata=above(0))
     """Clip range of the sequence ratio."""
+    ratio: Literal["sequence", "token_mean"] = "sequence"
+    """sequence: rho = pi_theta(y|x) / pi_old(y|x); token_mean: rho = exp(mean over the response's tokens of the
+    log-ratio), which stays near 1 on long responses (as p3o.ratio)."""
 
 
 @dataclass

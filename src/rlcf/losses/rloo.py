@@ -30,10 +30,15 @@ def rloo_loss(batch: LossBatch, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
 
       rho_i = exp(log pi_theta(y_i|x) - log pi_old(y_i|x))
       L = (1/B) sum_i max(-A_i rho_i, -A_i clip(rho_i, 1-eps, 1+eps))
-    The KL penalty sits in the reward (see rloo_advantages).
+    The KL penalty sits in the reward (see rloo_advantages). cfg.ratio "token_mean" divides the log-ratio by the
+    response's length (rho the geometric mean of the token ratios).
     """
     A, mask = _need_advantages(batch, "rloo_loss"), batch.mask
     seq_log_ratio = sequence_logprob(batch.logprobs - batch.old_logprobs, mask)
+    if cfg.ratio == "token_mean":
+        seq_log_ratio = seq_log_ratio / mask.sum(-1).clamp(min=1)
+    elif cfg.ratio != "sequence":
+        raise ValueError(f"rloo_loss: unknown ratio {cfg.ratio!r}; choose 'sequence' or 'token_mean'")
     rho = seq_log_ratio.exp()
     per_seq, clipped = clipped_surrogate(rho, A, cfg.eps)
     loss = per_seq.mean()
