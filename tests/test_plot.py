@@ -270,6 +270,13 @@ def test_cli_plot_prints_the_report_path_and_errors_exit_2(runs, tmp_path, capsy
     assert f"rlcf plot: {tmp_path / 'missing'}: run folder does not exist" in capsys.readouterr().err
 
 
+def test_a_token_mean_ratio_is_its_own_method_in_plots(tmp_path):
+    a = make_run(tmp_path, "v2", "p3o", 0.05, 0, [1.0], [2.0], extra_config={"p3o": {"beta": 0.05, "variant": "v2"}})
+    b = make_run(tmp_path, "v2tok", "p3o", 0.05, 0, [1.0], [2.0],
+                 extra_config={"p3o": {"beta": 0.05, "variant": "v2", "ratio": "token_mean"}})
+    assert [r.algo for r in collect_runs([a, b])] == ["p3o-v2", "p3o-v2-tokmean"]
+
+
 def test_a_crowded_frontier_uses_a_log_kl_axis_and_no_point_labels(tmp_path):
     """Four algorithms from 0.5 to 12 nats: KL on a log axis, and no strength label beside each point (they stacked
     on each other below 6 nats); two algorithms over a narrow KL range keep the linear axis and the labels."""

@@ -186,6 +186,8 @@ def _algo_and_strength(cfg: dict) -> tuple[str, Optional[str], Optional[float]]:
         label, name = f"{algo}-adaptive", row.adaptive_strength
     if row and row.label_field and section.get(row.label_field):
         label = f"{algo}-{section[row.label_field]}"
+    if section.get("ratio") == "token_mean":  # P3O's or RLOO's ratio over the mean token log-ratio
+        label = f"{label}-tokmean"
     label = f"{label}-offline" if cfg.get("offline_data") else label
     value = _num(section.get(name)) if isinstance(section, dict) else None
     return label, (name if value is not None else None), value
