@@ -119,7 +119,6 @@ def test_sampling_gathers_the_sharded_policy_once_per_rollout(tiny_model_dir, tm
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
     got = json.loads(out.read_text())
-    print(got)
     # the launch shards: a block's weight is a DTensor split by rows over the two processes
     assert got["sharded"] and got["is_dtensor"] and got["placements"] == ["S(0)"]
     assert got["local_rows"] * 2 == got["rows"]
