@@ -75,8 +75,11 @@ def choose(traces: dict[float, list], min_kl: float) -> dict:
         return {"matched_kl": None, "gold": {}, "chosen": None, "still": sorted(traces)}
     matched = min(max(k for _, k, _ in pts) for pts in moving.values())
     gold = {lr: gold_at(pts, matched) for lr, pts in moving.items()}
-    best = max((lr for lr in gold if gold[lr] is not None), key=lambda lr: gold[lr], default=None)
-    return {"matched_kl": matched, "gold": gold, "chosen": best, "still": sorted(set(traces) - set(moving))}
+    ranked = sorted((g, lr) for lr, g in gold.items() if g is not None)
+    best = ranked[-1][1] if ranked else None
+    margin = ranked[-1][0] - ranked[-2][0] if len(ranked) > 1 else None
+    return {"matched_kl": matched, "gold": gold, "chosen": best, "margin": margin,
+            "still": sorted(set(traces) - set(moving))}
 
 
 def main(argv=None) -> int:
@@ -133,8 +136,12 @@ def main(argv=None) -> int:
                         output=str(out / "initial_eval.json"))
         ev.rollout.max_new_tokens = args.max_new_tokens
         report = json.loads(Path(run_eval(ev)).read_text())
-        start_file.write_text(json.dumps({"gold": report["policy"]["gold/mean"]}))
-    start = (0.0, json.loads(start_file.read_text())["gold"])
+        start_file.write_text(json.dumps({"gold": report["policy"]["gold/mean"],
+                                          "gold_stderr": report["policy"]["gold/stderr"]}))
+    initial = json.loads(start_file.read_text())
+    if "gold_stderr" not in initial:  # written before the standard error was kept
+        initial["gold_stderr"] = json.loads((out / "initial_eval.json").read_text())["policy"]["gold/stderr"]
+    start = (0.0, initial["gold"])
 
     # 2. every (method, lr)
     for method in [] if args.report_only else args.methods:
@@ -173,7 +180,7 @@ def main(argv=None) -> int:
     if not results:
         print("no finished runs yet")
         return 0
-    write_report(results, docs, args, start, seconds, log)
+    write_report(results, docs, args, start, seconds, log, initial["gold_stderr"])
     return 0
 
 
@@ -199,7 +206,7 @@ def plot_traces(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_report(results: dict, docs: Path, args, start, seconds: float, log: Path) -> None:
+def write_report(results: dict, docs: Path, args, start, seconds: float, log: Path, stderr: float) -> None:
     invocations = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
     lines = [
         "# Learning rate per method (the fair frontier, part 1)", "",
@@ -212,7 +219,10 @@ def write_report(results: dict, docs: Path, args, start, seconds: float, log: Pa
         f"on the test prompts). The initial policy scores {start[1]:.3f} gold there.", "",
         "Choice: per method, the largest KL every rate that moved reached (the matched KL); each rate's gold there, "
         "linear in KL between the evaluations around it; the highest wins. A rate whose KL stayed under "
-        f"{args.min_kl:g} nats did not move the policy and is not chosen.", "",
+        f"{args.min_kl:g} nats did not move the policy and is not chosen. Noise: one evaluation's gold carries a "
+        f"standard error of {stderr:.3f} over the {args.select_prompts} prompts (the initial policy's), so the "
+        f"difference of two carries about {stderr * 2 ** 0.5:.2f}; a choice whose margin over the next rate is under "
+        f"twice that ({2 * stderr * 2 ** 0.5:.2f}) is marked *within noise*.", "",
         "Commands:", "", *[f"- `{i['command']}` (started {i['started']})" for i in invocations], "",
         f"Compute: {seconds / 60:.0f} min for {sum(len(r['traces']) for r in results.values())} runs on "
         f"{platform.machine()} ({torch.get_num_threads()} threads per process).", "",
@@ -224,8 +234,19 @@ def write_report(results: dict, docs: Path, args, start, seconds: float, log: Pa
             cell = ("did not move" if float(lr) in r["still"] else "-" if at is None
                     else f"{at:.3f} at {r['matched_kl']:.2f} nats")
             lines.append(f"| {method} | {lr} | {path} | {cell} | {'**yes**' if r['chosen'] == float(lr) else ''} |")
-    lines += ["", "Chosen rates: " + "; ".join(f"{m} {r['chosen']:g}" if r["chosen"] is not None else f"{m} none"
-                                            for m, r in results.items()) + "."]
+    noise = 2 * stderr * 2 ** 0.5
+
+    def verdict(r: dict) -> str:
+        if r["chosen"] is None:
+            return "none"
+        if len(r["traces"]) == 1:
+            return f"{r['chosen']:g} (the only rate run so far)"
+        if r["margin"] is None:
+            return f"{r['chosen']:g} (the only rate that moved)"
+        within = " (*within noise*)" if r["margin"] < noise else ""
+        return f"{r['chosen']:g}, by {r['margin']:.3f}{within}"
+
+    lines += ["", "Chosen rates: " + "; ".join(f"{m} {verdict(r)}" for m, r in results.items()) + "."]
     docs.mkdir(parents=True, exist_ok=True)
     plot_traces(results, docs / "lr_selection.png")
     lines += ["", "![gold against KL along training, one panel per method, one line per rate](lr_selection.png)"]
