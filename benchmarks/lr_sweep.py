@@ -198,6 +198,7 @@ def plot_traces(results: dict, path: Path) -> None:
         if r["matched_kl"]:
             ax.axvline(r["matched_kl"], linestyle="--", color="grey", linewidth=1)
         ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlim(left=0)
         ax.set_title(method)
         ax.set_xlabel("KL to the initial policy (nats)")
         ax.set_ylabel("gold (VADER)")
