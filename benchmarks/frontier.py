@@ -63,7 +63,7 @@ METHODS = {
     "grpo": ("grpo", {}, "grpo.beta", (0.01, 0.04, 0.2)),
     "awr": ("awr", {}, "awr.inv_lam", (1.0, 0.5, 0.25)),
     "dpo": ("dpo", {}, "beta", (0.05, 0.1, 0.5)),
-    # the trust region over the mean token log-ratio instead of the sequence's (the sequence clip bit 40-75% here)
+    # the trust region over the mean token log-ratio instead of the sequence's (the sequence clip cut 55-70% here)
     "p3o-v2-tokmean": ("p3o", {"p3o.variant": "v2", "p3o.ratio": "token_mean"}, "p3o.beta", (0.01, 0.05, 0.2)),
     "rloo-tokmean": ("rloo", {"rloo.ratio": "token_mean"}, "rloo.beta", (0.01, 0.05, 0.2)),
 }
